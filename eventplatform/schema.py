@@ -1,0 +1,130 @@
+"""Creating the schema: once, explicitly, idempotently, safe from several processes at once.
+
+eventsourcing's ``CREATE_TABLE`` races when several processes start together (duplicate type,
+"tuple concurrently updated"). Here every statement runs while this process holds one
+transaction-independent advisory lock, so concurrent ``eventplatform schema`` runs queue up and
+the later ones find everything in place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import psycopg
+from eventsourcing.postgres import PostgresFactory
+from eventsourcing.utils import Environment
+from psycopg import sql
+
+from eventplatform.errors import SchemaError
+from eventplatform.postgres import connect, eventsourcing_env
+
+if TYPE_CHECKING:
+    from eventplatform.projection import Projection
+
+logger = logging.getLogger(__name__)
+
+#: Key of the advisory lock that serialises schema changes (any constant bigint works).
+SCHEMA_LOCK_KEY = 0x6576_706C_7363  # "evplsc"
+
+RELAY_POSITIONS = "eventplatform_relay_positions"
+TRACKING = "eventplatform_tracking"
+DEAD_LETTERS = "eventplatform_dead_letters"
+
+_PLATFORM_TABLES = [
+    sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} ("
+        " log text PRIMARY KEY,"
+        " position bigint NOT NULL,"
+        " updated_at timestamptz NOT NULL DEFAULT now())"
+    ).format(sql.Identifier(RELAY_POSITIONS)),
+    sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} ("
+        " projection text NOT NULL,"
+        " log text NOT NULL,"
+        " position bigint NOT NULL,"
+        " stream_sequence bigint NOT NULL DEFAULT 0,"
+        " updated_at timestamptz NOT NULL DEFAULT now(),"
+        " PRIMARY KEY (projection, log))"
+    ).format(sql.Identifier(TRACKING)),
+    sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} ("
+        " id bigserial PRIMARY KEY,"
+        " consumer text NOT NULL,"
+        " subject text,"
+        " message_id text,"
+        " error text NOT NULL,"
+        " attempts integer NOT NULL DEFAULT 1,"
+        " body bytea NOT NULL,"
+        " headers jsonb,"
+        " created_at timestamptz NOT NULL DEFAULT now())"
+    ).format(sql.Identifier(DEAD_LETTERS)),
+]
+
+
+def events_table(log: str) -> str:
+    """The eventsourcing table that holds a log's events (and is the outbox)."""
+    return f"{log.lower()}_events"
+
+
+def create_schema(
+    dsn: str,
+    *,
+    logs: Iterable[str] = (),
+    projections: Iterable[Projection] = (),
+) -> None:
+    """Creates the event store, the platform's tables and the read models, if missing.
+
+    Args:
+        dsn: PostgreSQL connection string.
+        logs: log (application) names whose event tables to create.
+        projections: projections whose read-model tables to create.
+
+    Raises:
+        SchemaError: a statement failed; the message says which part.
+        StoreUnavailable: PostgreSQL could not be reached.
+    """
+    with connect(dsn, autocommit=True) as lock_conn:
+        # A session-level lock on its own connection: held across the separate
+        # transactions eventsourcing uses for its types and tables below.
+        lock_conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        try:
+            _create_platform_tables(lock_conn)
+            for log in logs:
+                _create_event_store(dsn, log)
+            for projection in projections:
+                _create_read_model(lock_conn, projection)
+        finally:
+            lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
+
+
+def _create_platform_tables(conn: psycopg.Connection[object]) -> None:
+    try:
+        with conn.transaction():
+            for statement in _PLATFORM_TABLES:
+                conn.execute(statement)
+    except psycopg.Error as e:
+        msg = f"creating the platform tables failed: {e}"
+        raise SchemaError(msg) from e
+
+
+def _create_event_store(dsn: str, log: str) -> None:
+    env = Environment(name=log, env=eventsourcing_env(dsn, pool_size=1, create_table=True))
+    try:
+        with PostgresFactory(env) as factory:
+            factory.application_recorder()  # creates the table and its index
+    except Exception as e:  # eventsourcing wraps psycopg errors in its own tree
+        msg = f"creating the event store table {events_table(log)!r} failed: {e}"
+        raise SchemaError(msg) from e
+    logger.info("event store %s ready", events_table(log))
+
+
+def _create_read_model(conn: psycopg.Connection[object], projection: Projection) -> None:
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            projection.create_tables(cur)
+    except psycopg.Error as e:
+        msg = f"creating the read model of projection {projection.name!r} failed: {e}"
+        raise SchemaError(msg) from e
+    logger.info("read model of %s ready", projection.name)

@@ -1,0 +1,148 @@
+"""Configuration, parsed once from the environment into a frozen object.
+
+Every variable is prefixed ``APP_`` (the seed's names ``APP_DSN`` and ``APP_NATS_URL`` keep
+working). A malformed value fails at start-up with a :class:`ConfigurationError` that names the
+variable, so an operator never has to guess which of twenty settings was wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eventplatform.errors import ConfigurationError
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_LOG_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+
+
+def _subject_prefix(value: str) -> str:
+    tokens = value.split(".")
+    if not value or not all(_TOKEN.match(token) for token in tokens):
+        msg = "must be dot-separated tokens of letters, digits, '_' or '-' (no wildcards)"
+        raise ValueError(msg)
+    return value
+
+
+def _stream_name(value: str) -> str:
+    if not _TOKEN.match(value):
+        msg = "must be letters, digits, '_' or '-' (NATS stream names take no dots or spaces)"
+        raise ValueError(msg)
+    return value
+
+
+def _log_name(value: str) -> str:
+    if not _LOG_NAME.match(value):
+        msg = "must start with a lowercase letter and hold only a-z, 0-9 and '_' (max 41)"
+        raise ValueError(msg)
+    return value
+
+
+def _nats_urls(value: str) -> str:
+    for url in value.split(","):
+        if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
+            msg = f"{url.strip()!r} is not a nats://, tls://, ws:// or wss:// URL"
+            raise ValueError(msg)
+    return value
+
+
+def _dsn(value: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(value)
+    except Exception as e:  # psycopg raises ProgrammingError with the parser's words
+        msg = f"not a valid libpq connection string: {e}"
+        raise ValueError(msg) from None
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything a platform process needs to know, read from ``APP_*`` variables.
+
+    Attributes:
+        dsn: PostgreSQL connection string (``APP_DSN``), libpq URI or key=value form.
+        nats_url: one or more comma-separated NATS server URLs (``APP_NATS_URL``).
+        log: name of the event log (the eventsourcing application's name, ``APP_LOG``).
+        stream: JetStream stream name (``APP_STREAM``).
+        subject_prefix: first token(s) of every subject (``APP_SUBJECT_PREFIX``).
+        stream_replicas: JetStream replicas, 3 for a cluster (``APP_STREAM_REPLICAS``).
+        duplicate_window: JetStream de-duplication window in seconds.
+        relay_batch_size: notifications read and published per relay batch.
+        relay_max_in_flight: publishes awaiting an ack at once (backpressure).
+        relay_poll_interval: seconds between re-polls when no NOTIFY arrives.
+        projection_batch_size: messages fetched and applied per projection transaction.
+        projection_fetch_timeout: seconds a fetch waits for the first message.
+        ack_wait: seconds JetStream waits for an ack before redelivering.
+        pool_size: connections per pool opened by a platform process.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="APP_", frozen=True, extra="ignore")
+
+    dsn: Annotated[str, AfterValidator(_dsn)] = ""
+    nats_url: Annotated[str, AfterValidator(_nats_urls)] = "nats://127.0.0.1:4222"
+    log: Annotated[str, AfterValidator(_log_name)] = "products"
+    stream: Annotated[str, AfterValidator(_stream_name)] = "EVENTS"
+    subject_prefix: Annotated[str, AfterValidator(_subject_prefix)] = "events"
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    duplicate_window: float = Field(default=120.0, gt=0)
+    relay_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    relay_max_in_flight: int = Field(default=4096, ge=1, le=1_000_000)
+    relay_poll_interval: float = Field(default=1.0, gt=0, le=3600)
+    projection_batch_size: int = Field(default=500, ge=1, le=10_000)
+    projection_fetch_timeout: float = Field(default=1.0, gt=0, le=60)
+    ack_wait: float = Field(default=30.0, gt=0, le=3600)
+    pool_size: int = Field(default=4, ge=1, le=100)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The NATS server URLs as a list (``APP_NATS_URL`` may hold several)."""
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+    def require_dsn(self) -> str:
+        """Returns the DSN, or fails naming ``APP_DSN`` when it is unset.
+
+        Raises:
+            ConfigurationError: ``APP_DSN`` is empty.
+        """
+        if not self.dsn:
+            msg = "APP_DSN is not set: give a PostgreSQL connection string, e.g. postgresql://user@host/db"
+            raise ConfigurationError(msg)
+        return self.dsn
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Parses settings once, from ``environ`` (default: the process environment).
+
+    Args:
+        environ: variables to read instead of ``os.environ`` (tests pass a dict).
+        **overrides: values that win over the environment (already typed).
+
+    Returns:
+        The frozen settings.
+
+    Raises:
+        ConfigurationError: a value is malformed; the message names the variable.
+    """
+    try:
+        if environ is None:
+            return Settings(**overrides)  # type: ignore[arg-type]
+        values: dict[str, object] = {
+            key[len("APP_") :].lower(): value
+            for key, value in environ.items()
+            if key.startswith("APP_") and key[len("APP_") :].lower() in Settings.model_fields
+        }
+        values.update(overrides)
+        return Settings.model_validate(values)
+    except ValidationError as e:
+        problems = []
+        for error in e.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            variable = f"APP_{field.upper()}"
+            problems.append(f"{variable}={error.get('input')!r}: {error['msg']}")
+        msg = "invalid configuration: " + "; ".join(problems)
+        raise ConfigurationError(msg) from e
