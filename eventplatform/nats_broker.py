@@ -77,6 +77,7 @@ class NatsBroker:
         self._max_in_flight = max_in_flight
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._closing = False
 
     @property
     def js(self) -> JetStreamContext:
@@ -124,6 +125,7 @@ class NatsBroker:
         everything the platform publishes is acknowledged before it counts anyway.
         """
         if self._nc is not None and not self._nc.is_closed:
+            self._closing = True
             try:
                 await self._nc.flush(timeout=1)
             except (TimeoutError, nats.errors.Error):
@@ -222,7 +224,8 @@ class NatsBroker:
         logger.warning("NATS error: %r", e)
 
     async def _on_disconnected(self) -> None:
-        logger.warning("NATS disconnected; reconnecting")
+        if not self._closing:
+            logger.warning("NATS disconnected; reconnecting")
 
     async def _on_reconnected(self) -> None:
         logger.info("NATS reconnected to %s", self._nc.connected_url if self._nc else "?")

@@ -1,0 +1,7 @@
+"""``python -m eventplatform``: the same as the ``eventplatform`` command."""
+
+import sys
+
+from eventplatform.cli import main
+
+sys.exit(main())

@@ -1,0 +1,114 @@
+"""Where everything is: log heads, relay positions and projection positions, with lag."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+
+from eventplatform.errors import SchemaError
+from eventplatform.postgres import connect, translate
+from eventplatform.schema import RELAY_POSITIONS, TRACKING, events_table
+
+
+@dataclass(frozen=True, slots=True)
+class LogStatus:
+    """A log: its head and how far the relay got."""
+
+    log: str
+    head: int
+    relay_position: int
+    relay_lag: int
+    relay_updated_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectionStatus:
+    """A projection's position in one log."""
+
+    projection: str
+    log: str
+    position: int
+    lag: int
+    updated_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformStatus:
+    """Everything ``eventplatform status`` shows."""
+
+    logs: list[LogStatus] = field(default_factory=list)
+    projections: list[ProjectionStatus] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def read_status(dsn: str, logs: list[str]) -> PlatformStatus:
+    """Reads the status of ``logs`` and of every projection tracked in the database.
+
+    Raises:
+        StoreUnavailable: PostgreSQL could not be reached.
+    """
+    status = PlatformStatus()
+    heads: dict[str, int] = {}
+    try:
+        with connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+            for log in logs:
+                heads[log] = _head(cur, log)
+                cur.execute(
+                    sql.SQL("SELECT position, updated_at FROM {} WHERE log = %s").format(
+                        sql.Identifier(RELAY_POSITIONS)
+                    ),
+                    (log,),
+                )
+                row = cur.fetchone()
+                position = int(row[0]) if row else 0
+                status.logs.append(
+                    LogStatus(
+                        log=log,
+                        head=heads[log],
+                        relay_position=position,
+                        relay_lag=max(0, heads[log] - position),
+                        relay_updated_at=row[1].isoformat() if row else None,
+                    )
+                )
+            cur.execute(
+                sql.SQL(
+                    "SELECT projection, log, position, updated_at FROM {} ORDER BY 1, 2"
+                ).format(sql.Identifier(TRACKING))
+            )
+            for projection, log, position, updated_at in cur.fetchall():
+                head = heads.get(log)
+                if head is None:
+                    head = heads[log] = _head(cur, log)
+                status.projections.append(
+                    ProjectionStatus(
+                        projection=projection,
+                        log=log,
+                        position=int(position),
+                        lag=max(0, head - int(position)),
+                        updated_at=updated_at.isoformat(),
+                    )
+                )
+    except psycopg.OperationalError as e:
+        raise translate(e, "reading the status") from e
+    return status
+
+
+def _head(cur: psycopg.Cursor[Any], log: str) -> int:
+    try:
+        cur.execute(
+            sql.SQL("SELECT coalesce(max(notification_id), 0) FROM {}").format(
+                sql.Identifier(events_table(log))
+            )
+        )
+    except psycopg.errors.UndefinedTable as e:
+        msg = f"log {log!r} has no table {events_table(log)!r}: run 'eventplatform schema' first"
+        raise SchemaError(msg) from e
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
