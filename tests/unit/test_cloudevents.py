@@ -1,0 +1,84 @@
+"""The wire format: CloudEvents 1.0 JSON with a deterministic id, decoded strictly."""
+
+import uuid
+
+import orjson
+import pytest
+
+from eventplatform import cloudevents
+from eventplatform.errors import DecodeError
+
+AGGREGATE = uuid.UUID("5c4a0b5e-6f5b-4f1c-9a51-0c7b2f6d1e11")
+STATE = (
+    b'{"timestamp":{"_type_":"datetime_iso","_data_":"2026-11-24T10:00:00.000001+00:00"},'
+    b'"name":"Mug","price":{"_type_":"decimal_str","_data_":"9.50"}}'
+)
+
+
+def encoded(**overrides):
+    kwargs = dict(
+        log="products",
+        notification_id=7,
+        aggregate_id=AGGREGATE,
+        version=2,
+        topic="Product.Renamed",
+        state=STATE,
+    )
+    kwargs.update(overrides)
+    return cloudevents.encode(**kwargs)
+
+
+def test_an_event_is_a_structured_cloudevent_with_the_stored_state_as_data():
+    doc = orjson.loads(encoded())
+    assert doc["specversion"] == "1.0"
+    assert doc["source"] == "products"
+    assert doc["type"] == "Product.Renamed"
+    assert doc["subject"] == str(AGGREGATE)
+    assert doc["datacontenttype"] == "application/json"
+    assert doc["time"] == "2026-11-24T10:00:00.000001+00:00"
+    assert doc["sequence"] == 7
+    assert doc["aggregateversion"] == 2
+    assert doc["data"] == orjson.loads(STATE)
+
+
+def test_the_id_is_the_same_on_every_republish_and_differs_per_version():
+    assert orjson.loads(encoded())["id"] == orjson.loads(encoded(notification_id=99))["id"]
+    assert orjson.loads(encoded())["id"] != orjson.loads(encoded(version=3))["id"]
+    assert uuid.UUID(orjson.loads(encoded())["id"]).version == 5
+
+
+def test_the_message_id_names_log_and_position():
+    assert cloudevents.message_id("products", 42) == "products:42"
+
+
+def test_decoding_returns_what_was_encoded():
+    event = cloudevents.decode(encoded())
+    assert (event.source, event.type, event.subject) == (
+        "products",
+        "Product.Renamed",
+        str(AGGREGATE),
+    )
+    assert (event.sequence, event.aggregate_version) == (7, 2)
+    assert event.data["name"] == "Mug"
+
+
+def test_state_that_is_not_a_json_object_is_refused_not_published():
+    with pytest.raises(DecodeError, match=r"products:7.*not a JSON object"):
+        encoded(state=b"\x00\x01encrypted")
+
+
+@pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"specversion": "0.3"}', "specversion"),
+        (orjson.dumps({**orjson.loads(encoded()), "type": ""}), "'type'"),
+        (orjson.dumps({**orjson.loads(encoded()), "sequence": "7"}), "'sequence'"),
+        (orjson.dumps({**orjson.loads(encoded()), "aggregateversion": True}), "'aggregateversion'"),
+        (orjson.dumps({**orjson.loads(encoded()), "data": [1]}), "'data'"),
+    ],
+)
+def test_a_malformed_message_is_refused_naming_what_is_wrong(body, complaint):
+    with pytest.raises(DecodeError, match=complaint):
+        cloudevents.decode(body)
