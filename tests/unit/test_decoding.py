@@ -40,7 +40,7 @@ def test_an_undeclared_type_stays_an_envelope_or_is_refused_when_strict():
     product = Product.create("Mug", "MUG-1", Decimal("9.50"))
     envelope = wire(product.collect_events()[0])
     assert EventDecoder([]).decode(envelope) is envelope
-    with pytest.raises(UnknownEventType, match="Product.Created"):
+    with pytest.raises(UnknownEventType, match=r"Product\.Created"):
         EventDecoder([], strict=True).decode(envelope)
 
 
