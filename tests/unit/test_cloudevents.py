@@ -1,6 +1,7 @@
 """The wire format: CloudEvents 1.0 JSON with a deterministic id, decoded strictly."""
 
 import uuid
+from typing import Any
 
 import orjson
 import pytest
@@ -16,7 +17,7 @@ STATE = (
 
 
 def encoded(**overrides):
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         log="products",
         notification_id=7,
         aggregate_id=AGGREGATE,

@@ -46,7 +46,7 @@ def test_a_bad_value_fails_naming_the_variable(variable, value):
 def test_settings_are_frozen():
     settings = load_settings({})
     with pytest.raises(ValueError, match="frozen"):
-        settings.stream = "OTHER"  # type: ignore[misc]
+        settings.stream = "OTHER"
 
 
 def test_unrelated_variables_are_ignored():
