@@ -31,6 +31,8 @@ SCHEMA_LOCK_KEY = 0x6576_706C_7363  # "evplsc"
 RELAY_POSITIONS = "eventplatform_relay_positions"
 TRACKING = "eventplatform_tracking"
 DEAD_LETTERS = "eventplatform_dead_letters"
+PROCESSED_EVENTS = "eventplatform_processed_events"
+PARKED_EVENTS = "eventplatform_parked_events"
 
 _PLATFORM_TABLES = [
     sql.SQL(
@@ -58,8 +60,42 @@ _PLATFORM_TABLES = [
         " attempts integer NOT NULL DEFAULT 1,"
         " body bytea NOT NULL,"
         " headers jsonb,"
-        " created_at timestamptz NOT NULL DEFAULT now())"
+        " created_at timestamptz NOT NULL DEFAULT now(),"
+        # Added by the dead-letter/parking feature (issue 4): see dead_letters.py.
+        " event_id text,"
+        " log text,"
+        " aggregate text,"
+        " sequence bigint,"
+        " parked boolean NOT NULL DEFAULT false,"
+        " status text NOT NULL DEFAULT 'open',"
+        " resolved_at timestamptz)"
     ).format(sql.Identifier(DEAD_LETTERS)),
+    sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (consumer, status, id)").format(
+        sql.Identifier(f"{DEAD_LETTERS}_consumer_idx"), sql.Identifier(DEAD_LETTERS)
+    ),
+    sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} ("
+        " handler text NOT NULL,"
+        " event_id text NOT NULL,"
+        " processed_at timestamptz NOT NULL DEFAULT now(),"
+        " PRIMARY KEY (handler, event_id))"
+    ).format(sql.Identifier(PROCESSED_EVENTS)),
+    sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} ("
+        " id bigserial PRIMARY KEY,"
+        " consumer text NOT NULL,"
+        " aggregate text NOT NULL,"
+        " log text NOT NULL,"
+        " sequence bigint NOT NULL,"
+        " subject text,"
+        " body bytea NOT NULL,"
+        " headers jsonb,"
+        " dead_letter_id bigint,"
+        " created_at timestamptz NOT NULL DEFAULT now())"
+    ).format(sql.Identifier(PARKED_EVENTS)),
+    sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (consumer, aggregate, id)").format(
+        sql.Identifier(f"{PARKED_EVENTS}_aggregate_idx"), sql.Identifier(PARKED_EVENTS)
+    ),
 ]
 
 

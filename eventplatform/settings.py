@@ -61,6 +61,13 @@ def _dsn(value: str) -> str:
     return value
 
 
+def _max_deliver(value: int) -> int:
+    if value != -1 and value < 2:
+        msg = "must be -1 (unlimited) or at least 2 (1 would drop a message on its first failure)"
+        raise ValueError(msg)
+    return value
+
+
 class Settings(BaseSettings):
     """Everything a platform process needs to know, read from ``APP_*`` variables.
 
@@ -79,6 +86,16 @@ class Settings(BaseSettings):
         projection_fetch_timeout: seconds a fetch waits for the first message.
         ack_wait: seconds JetStream waits for an ack before redelivering.
         pool_size: connections per pool opened by a platform process.
+        consumer_batch_size: messages per fetch of a handler consumer.
+        consumer_fetch_timeout: seconds a handler consumer's fetch waits.
+        consumer_max_deliver: deliveries before a never-finished message is dead-lettered
+            (-1: unlimited).
+        consumer_max_ack_pending: unacked messages JetStream lets a consumer hold.
+        retry_attempts: tries of a failing handler/projection event, the first included.
+        retry_initial: seconds before the first retry.
+        retry_multiplier: growth of the wait per retry.
+        retry_cap: longest wait between retries, seconds.
+        retry_jitter: randomised fraction of each wait (0..1).
     """
 
     model_config = SettingsConfigDict(env_prefix="APP_", frozen=True, extra="ignore")
@@ -97,6 +114,15 @@ class Settings(BaseSettings):
     projection_fetch_timeout: float = Field(default=1.0, gt=0, le=60)
     ack_wait: float = Field(default=30.0, gt=0, le=3600)
     pool_size: int = Field(default=4, ge=1, le=100)
+    consumer_batch_size: int = Field(default=100, ge=1, le=10_000)
+    consumer_fetch_timeout: float = Field(default=1.0, gt=0, le=60)
+    consumer_max_deliver: Annotated[int, AfterValidator(_max_deliver)] = 20
+    consumer_max_ack_pending: int = Field(default=1000, ge=1, le=1_000_000)
+    retry_attempts: int = Field(default=5, ge=1, le=100)
+    retry_initial: float = Field(default=0.1, ge=0, le=3600)
+    retry_multiplier: float = Field(default=2.0, ge=1, le=100)
+    retry_cap: float = Field(default=5.0, ge=0, le=3600)
+    retry_jitter: float = Field(default=0.5, ge=0, le=1)
 
     @property
     def nats_servers(self) -> list[str]:
