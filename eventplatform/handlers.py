@@ -17,7 +17,6 @@ be decoded, and ack only after the outcome is committed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import re
@@ -34,6 +33,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from eventplatform import cloudevents
+from eventplatform.acking import keep_alive
 from eventplatform.cloudevents import CloudEvent
 from eventplatform.dead_letters import (
     DeadLetter,
@@ -432,7 +432,7 @@ class HandlerConsumer:
             await self._dead_letter(m, envelope, error, delivered)
             return "dead_lettered"
         try:
-            async with _keep_alive(m, self._config.ack_wait / 3):
+            async with keep_alive([m], self._config.ack_wait / 3):
                 ran = await self.handler.handle(
                     self._pool, envelope, event, sleep=self._sleep, rng=self._rng
                 )
@@ -487,25 +487,6 @@ async def _ack(m: Msg) -> None:
     except (TimeoutError, nats.errors.Error) as e:
         # The outcome is committed; a redelivery is absorbed by the marker/dead-letter state.
         logger.warning("ack of %s failed (it will be redelivered): %r", m.subject, e)
-
-
-@contextlib.asynccontextmanager
-async def _keep_alive(m: Msg, interval: float) -> Any:
-    """Sends in-progress acks every ``interval`` seconds while the body runs."""
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(TimeoutError, nats.errors.Error):
-                await m.in_progress()
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def run_handler(

@@ -1,0 +1,47 @@
+"""Acknowledging JetStream messages: after the commit, and in-progress while work is slow."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import nats.errors
+from nats.aio.msg import Msg
+
+logger = logging.getLogger(__name__)
+
+
+async def ack_all(msgs: Sequence[Msg]) -> None:
+    """Acks messages whose outcome is committed; a lost ack only causes a redelivery.
+
+    A redelivered message is absorbed by the consumer's own state (tracked position,
+    processed-event marker or dead-letter row), so a failed ack is logged, not raised.
+    """
+    results = await asyncio.gather(*(m.ack() for m in msgs), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        logger.warning("%d acks failed (they will be redelivered): %r", len(failed), failed[0])
+
+
+@contextlib.asynccontextmanager
+async def keep_alive(msgs: Sequence[Msg], interval: float) -> AsyncIterator[None]:
+    """Sends in-progress acks for ``msgs`` every ``interval`` seconds while the body runs.
+
+    A slow handler or a batch waiting out a retry back-off thereby keeps its messages
+    instead of having JetStream redeliver them (to itself, out of order) after ``ack_wait``.
+    """
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.gather(*(m.in_progress() for m in msgs), return_exceptions=True)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, nats.errors.Error):
+            await task
