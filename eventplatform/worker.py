@@ -23,13 +23,19 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 import psycopg
+import psycopg.errors
 from nats.aio.msg import Msg
 from nats.js import api
-from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from eventplatform import cloudevents
+from eventplatform.acking import ack_all, keep_alive
 from eventplatform.cloudevents import CloudEvent
+from eventplatform.dead_letters import (
+    PostgresDeadLetters,
+    is_dead_letter_subject,
+    publish_dead_letters,
+)
 from eventplatform.decoding import EventDecoder
 from eventplatform.errors import (
     BrokerUnavailable,
@@ -38,10 +44,10 @@ from eventplatform.errors import (
     StoreUnavailable,
 )
 from eventplatform.nats_broker import NatsBroker
+from eventplatform.parking import PostgresParking
 from eventplatform.postgres import translate
 from eventplatform.projection import Projection
-from eventplatform.retry import backoff
-from eventplatform.schema import DEAD_LETTERS
+from eventplatform.retry import RetryPolicy, Sleep, is_transient
 from eventplatform.tracking import PostgresTracking, TrackedPosition
 
 logger = logging.getLogger(__name__)
@@ -58,9 +64,13 @@ class WorkerConfig:
         filter_subject: subjects to consume (default: everything under the prefix).
         batch_size: messages fetched and applied per transaction.
         fetch_timeout: seconds a fetch waits for the first message.
-        ack_wait: seconds before JetStream redelivers an unacked message.
-        retry_initial: first back-off after a failed batch, in seconds.
-        retry_max: cap of the back-off, in seconds.
+        ack_wait: seconds before JetStream redelivers an unacked message; while a batch
+            is applied or waits out a retry, in-progress acks go out every ``ack_wait / 3``.
+        policy: retries of a batch that fails transiently (deadlock, serialization); when
+            they are used up, what still fails is parked. A lost database connection is
+            retried for as long as it takes (nothing is parked for an outage).
+        subject_prefix: the stream's subject prefix, for dead-letter subjects (default:
+            ``filter_subject`` without its trailing ``.>``).
     """
 
     stream: str
@@ -68,8 +78,13 @@ class WorkerConfig:
     batch_size: int = 500
     fetch_timeout: float = 1.0
     ack_wait: float = 30.0
-    retry_initial: float = 0.1
-    retry_max: float = 5.0
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    subject_prefix: str = ""
+
+    @property
+    def prefix(self) -> str:
+        """The subject prefix dead letters are published under."""
+        return self.subject_prefix or self.filter_subject.removesuffix(".>")
 
 
 @dataclass(slots=True)
@@ -80,7 +95,8 @@ class BatchResult:
         received: messages fetched.
         applied: events applied to the read model.
         skipped: events at or below the position (redeliveries, republishes).
-        dead_lettered: messages that could not be decoded (recorded, acked).
+        dead_lettered: messages dead-lettered (undecodable, or failing to apply).
+        parked: events parked behind their aggregate's open dead letter.
         positions: the new position per log after the batch.
     """
 
@@ -88,6 +104,7 @@ class BatchResult:
     applied: int = 0
     skipped: int = 0
     dead_lettered: int = 0
+    parked: int = 0
     positions: dict[str, int] = field(default_factory=dict)
 
 
@@ -107,6 +124,7 @@ class ProjectionWorker:
         config: stream, subjects and batching.
         decoder: turns CloudEvents into domain events (default: the projection's
             ``event_classes``).
+        sleep: waits between retries (tests inject a recorder).
     """
 
     def __init__(
@@ -117,6 +135,7 @@ class ProjectionWorker:
         pool: ConnectionPool[Any],
         config: WorkerConfig,
         decoder: EventDecoder | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.projection = projection
         self._broker = broker
@@ -124,6 +143,9 @@ class ProjectionWorker:
         self._config = config
         self._decoder = decoder or EventDecoder(projection.event_classes)
         self._tracking = PostgresTracking()
+        self._letters = PostgresDeadLetters()
+        self._parking = PostgresParking()
+        self._sleep: Sleep = sleep
         self._positions: dict[str, TrackedPosition] = {}
         self._sub: Any = None
 
@@ -184,7 +206,7 @@ class ProjectionWorker:
             await self.process_once()
 
     async def process_once(self) -> BatchResult:
-        """Fetches one batch and applies it; retries a failing batch with back-off.
+        """Fetches one batch and applies it; retries a transiently failing batch with back-off.
 
         Returns:
             What the batch did (empty when the fetch timed out).
@@ -198,22 +220,25 @@ class ProjectionWorker:
         except nats.errors.Error as e:
             msg = f"fetch for projection {self.projection.name!r} failed: {e!r}"
             raise BrokerUnavailable(msg) from e
-        failures = 0
-        while True:
-            try:
-                result = await asyncio.to_thread(self._apply, msgs)
-                break
-            except (ProjectionError, StoreUnavailable) as e:
-                failures += 1
-                delay = backoff(failures, self._config.retry_initial, self._config.retry_max)
-                if failures == 1:
-                    logger.error(
-                        "projection %s: batch failed, retrying: %s", self.projection.name, e
-                    )
-                # Keep the messages ours while we retry, instead of having them redelivered.
-                await asyncio.gather(*(m.in_progress() for m in msgs), return_exceptions=True)
-                await asyncio.sleep(delay)
-        await asyncio.gather(*(m.ack() for m in msgs), return_exceptions=True)
+        policy = self._config.policy
+        attempt = 0
+        # Keep the messages ours while we apply and retry, instead of having them redelivered.
+        async with keep_alive(msgs, self._config.ack_wait / 3):
+            while True:
+                attempt += 1
+                isolate = attempt >= policy.attempts
+                try:
+                    result, letters = await asyncio.to_thread(self._apply, msgs, isolate, attempt)
+                    break
+                except (ProjectionError, StoreUnavailable) as e:
+                    if attempt == 1:
+                        logger.error(
+                            "projection %s: batch failed, retrying: %s", self.projection.name, e
+                        )
+                    await self._sleep(policy.delay(min(attempt, max(1, policy.attempts - 1))))
+        await ack_all(msgs)
+        if letters:
+            await publish_dead_letters(self._broker.js, self._config.prefix, letters)
         return result
 
     def _load_positions(self) -> dict[str, TrackedPosition]:
@@ -224,78 +249,220 @@ class ProjectionWorker:
             raise translate(e, f"loading positions of {self.projection.name!r}") from e
         return positions
 
-    def _apply(self, msgs: list[Msg]) -> BatchResult:
-        result = BatchResult(received=len(msgs))
-        positions = dict(self._positions)
-        events: list[Any] = []
-        dead: list[tuple[Msg, str]] = []
+    def _decode(
+        self, msgs: list[Msg], result: BatchResult, positions: dict[str, TrackedPosition]
+    ) -> list[_Item]:
+        items: list[_Item] = []
         for m in msgs:
+            if is_dead_letter_subject(self._config.prefix, m.subject):
+                result.skipped += 1
+                continue
             try:
                 envelope = cloudevents.decode(m.data)
-                tracked = positions.get(envelope.source, TrackedPosition(0, 0))
-                if envelope.sequence <= tracked.position:
-                    result.skipped += 1
-                    continue
-                event = self._decoder.decode(envelope)
             except DecodeError as e:
-                dead.append((m, str(e)))
+                items.append(_Item(m, None, None, str(e)))
                 continue
-            events.append(event)
+            tracked = positions.get(envelope.source, TrackedPosition(0, 0))
+            if envelope.sequence <= tracked.position:
+                result.skipped += 1
+                continue
             positions[envelope.source] = TrackedPosition(
                 envelope.sequence, m.metadata.sequence.stream
             )
+            try:
+                items.append(_Item(m, envelope, self._decoder.decode(envelope), None))
+            except DecodeError as e:
+                items.append(_Item(m, envelope, None, str(e)))
+        return items
+
+    def _apply(
+        self, msgs: list[Msg], isolate_transient: bool, attempt: int
+    ) -> tuple[BatchResult, list[_Letter]]:
+        result = BatchResult(received=len(msgs))
+        positions = dict(self._positions)
+        items = self._decode(msgs, result, positions)
         stream_seq = msgs[-1].metadata.sequence.stream if msgs else 0
+        name = self.projection.name
+        letters: list[_Letter] = []
         try:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                if events:
-                    with conn.pipeline():
-                        self.projection.apply_batch(cur, events)
-                for m, error in dead:
-                    self._dead_letter(cur, m, error)
+                self._parking.lock(cur, name)
+                parked = self._parking.parked_aggregates(
+                    cur, name, {i.envelope.subject for i in items if i.envelope}
+                )
+                try:
+                    # Fast path: every applicable event in one savepoint, pipelined.
+                    with conn.transaction():
+                        events = [i.event for i in _plan(items, set(parked)) if i.kind == "apply"]
+                        if events:
+                            with conn.pipeline():
+                                self.projection.apply_batch(cur, events)
+                    failures: dict[int, str] = {}
+                except Exception as e:
+                    if conn.broken or (is_transient(e) and not isolate_transient):
+                        raise
+                    # Slow path: one savepoint per event, to find and park what fails.
+                    logger.warning("projection %s: batch failed, isolating: %r", name, e)
+                    failures = self._apply_one_by_one(
+                        conn, cur, items, set(parked), isolate_transient
+                    )
+                plan = _plan(items, set(parked), failures)
+                for item in plan:
+                    if item.kind in ("dead", "head"):
+                        letters.append(self._dead_letter(cur, item, attempt))
+                    elif item.kind == "park":
+                        self._park(cur, item)
+                result.applied = sum(1 for i in plan if i.kind == "apply")
+                result.dead_lettered = len(letters)
+                result.parked = sum(1 for i in plan if i.kind == "park")
                 for log, p in positions.items():
                     if p != self._positions.get(log):
                         self._tracking.record(
-                            cur,
-                            self.projection.name,
-                            log,
-                            p.position,
-                            max(p.stream_sequence, stream_seq),
+                            cur, name, log, p.position, max(p.stream_sequence, stream_seq)
                         )
         except psycopg.OperationalError as e:
-            raise translate(e, f"applying a batch to {self.projection.name!r}") from e
+            if conn_broken(e):
+                raise translate(e, f"applying a batch to {name!r}") from e
+            msg = f"projection {name!r} failed to apply a batch (transient): {e!r}"
+            raise ProjectionError(msg) from e
         except Exception as e:
-            msg = f"projection {self.projection.name!r} failed to apply a batch: {e!r}"
+            msg = f"projection {name!r} failed to apply a batch: {e!r}"
             raise ProjectionError(msg) from e
         self._positions = {
             log: TrackedPosition(p.position, max(p.stream_sequence, stream_seq))
             for log, p in positions.items()
         }
-        result.applied = len(events)
-        result.dead_lettered = len(dead)
         result.positions = self.positions
-        return result
+        return result, letters
 
-    def _dead_letter(self, cur: psycopg.Cursor[Any], m: Msg, error: str) -> None:
+    def _apply_one_by_one(
+        self,
+        conn: psycopg.Connection[Any],
+        cur: psycopg.Cursor[Any],
+        items: list[_Item],
+        parked: set[str],
+        isolate_transient: bool,
+    ) -> dict[int, str]:
+        failures: dict[int, str] = {}
+        for index, item in enumerate(items):
+            if item.envelope is None or item.error is not None:
+                if item.envelope is not None:
+                    parked.add(item.envelope.subject)
+                continue
+            if item.envelope.subject in parked:
+                continue
+            try:
+                with conn.transaction():
+                    self.projection.apply_batch(cur, [item.event])
+            except Exception as e:
+                if conn.broken or (is_transient(e) and not isolate_transient):
+                    raise
+                failures[index] = f"applying failed: {e!r}"
+                parked.add(item.envelope.subject)
+        return failures
+
+    def _dead_letter(self, cur: psycopg.Cursor[Any], item: _Planned, attempt: int) -> _Letter:
+        m = item.msg
+        error = item.error or "unknown error"
         logger.error(
-            "projection %s: dead-lettering message on %s: %s",
+            "projection %s: dead-lettering message on %s%s: %s",
             self.projection.name,
             m.subject,
+            " (parking its aggregate)" if item.kind == "head" else "",
             error,
         )
-        cur.execute(
-            sql.SQL(
-                "INSERT INTO {} (consumer, subject, message_id, error, attempts, body)"
-                " VALUES (%s, %s, %s, %s, %s, %s)"
-            ).format(sql.Identifier(DEAD_LETTERS)),
-            (
-                self.projection.name,
-                m.subject,
-                (m.headers or {}).get(cloudevents.MSG_ID_HEADER),
-                error,
-                m.metadata.num_delivered or 1,
-                m.data,
-            ),
+        attempts = attempt if item.envelope is not None and item.failed_applying else 1
+        letter_id = self._letters.record(
+            cur,
+            consumer=self.projection.name,
+            body=m.data,
+            error=error,
+            attempts=max(attempts, m.metadata.num_delivered or 1),
+            subject=m.subject,
+            headers=m.headers,
+            envelope=item.envelope,
+            parked=item.kind == "head",
         )
+        return (letter_id, self.projection.name, m.subject, m.data, error, attempts)
+
+    def _park(self, cur: psycopg.Cursor[Any], item: _Planned) -> None:
+        envelope = item.envelope
+        assert envelope is not None  # only events with a readable envelope are parked
+        self._parking.park(
+            cur,
+            consumer=self.projection.name,
+            aggregate=envelope.subject,
+            log=envelope.source,
+            sequence=envelope.sequence,
+            subject=item.msg.subject,
+            body=item.msg.data,
+            headers=item.msg.headers,
+        )
+
+
+_IN_TRANSACTION_ERRORS = (
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.QueryCanceled,
+)
+
+
+def conn_broken(e: psycopg.OperationalError) -> bool:
+    """Whether an error means the connection is gone (versus a deadlock or serialization)."""
+    return not isinstance(e, _IN_TRANSACTION_ERRORS)
+
+
+_Letter = tuple[int, str, str | None, bytes, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """A decoded message: envelope None when unreadable, error set when the event is not."""
+
+    msg: Msg
+    envelope: CloudEvent | None
+    event: Any
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """What becomes of an item: ``apply``, ``dead`` (no aggregate), ``head`` (dead letter
+    that parks its aggregate) or ``park`` (waits behind its aggregate's head)."""
+
+    kind: str
+    msg: Msg
+    envelope: CloudEvent | None
+    event: Any
+    error: str | None
+    failed_applying: bool = False
+
+
+def _plan(
+    items: list[_Item], parked: set[str], failures: dict[int, str] | None = None
+) -> list[_Planned]:
+    """Decides each item's fate in order: an aggregate parks from its first failure on."""
+    failures = failures or {}
+    planned = []
+    for index, item in enumerate(items):
+        envelope = item.envelope
+        if envelope is None:
+            kind, error = "dead", item.error
+        elif envelope.subject in parked:
+            kind, error = "park", None
+        elif item.error is not None:
+            kind, error = "head", item.error
+            parked.add(envelope.subject)
+        elif index in failures:
+            kind, error = "head", failures[index]
+            parked.add(envelope.subject)
+        else:
+            kind, error = "apply", None
+        planned.append(
+            _Planned(kind, item.msg, envelope, item.event, error, failed_applying=index in failures)
+        )
+    return planned
 
 
 __all__ = ["BatchResult", "CloudEvent", "ProjectionWorker", "WorkerConfig", "durable_name"]

@@ -11,6 +11,7 @@ from psycopg import sql
 
 from eventplatform import cloudevents
 from eventplatform.nats_broker import NatsBroker, OutgoingMessage, StreamSpec
+from eventplatform.projection import Projection
 
 
 def event_body(
@@ -66,3 +67,49 @@ async def subject_messages(broker: NatsBroker, stream: str, subject: str) -> lis
         if m.subject == subject:
             found.append(m)
     return found
+
+
+class OrderedProjection(Projection):
+    """Records every applied event with its order; fails for the events in ``broken``.
+
+    Events arrive as CloudEvent envelopes (no ``event_classes``): ``subject`` is the aggregate,
+    ``aggregate_version`` the version.
+    """
+
+    name = "ordered"
+    default_table = "ordered_events"
+
+    def __init__(self, *, broken: set[tuple[str, int]] | None = None) -> None:
+        super().__init__()
+        self.broken = broken if broken is not None else set()
+
+    def create_tables(self, cur: psycopg.Cursor[Any]) -> None:
+        cur.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (seq bigserial, aggregate text, version int)"
+            ).format(sql.Identifier(self.table))
+        )
+
+    def apply(self, cur: psycopg.Cursor[Any], event: Any) -> None:
+        if (event.subject, event.aggregate_version) in self.broken:
+            msg = f"cannot apply {event.subject} v{event.aggregate_version}"
+            raise ValueError(msg)
+        cur.execute(
+            sql.SQL("INSERT INTO {} (aggregate, version) VALUES (%s, %s)").format(
+                sql.Identifier(self.table)
+            ),
+            (event.subject, event.aggregate_version),
+        )
+
+
+def applied(dsn: str, table: str = "ordered_events") -> list[tuple[str, int]]:
+    """(aggregate, version) in the order the projection applied them."""
+    with psycopg.connect(dsn) as conn:
+        return [
+            (r[0], r[1])
+            for r in conn.execute(
+                sql.SQL("SELECT aggregate, version FROM {} ORDER BY seq").format(
+                    sql.Identifier(table)
+                )
+            ).fetchall()
+        ]
