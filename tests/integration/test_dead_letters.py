@@ -1,0 +1,161 @@
+"""Dead letters for projections: poison never stops the consumer, repeats never apply twice."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+import pytest_asyncio
+from psycopg_pool import ConnectionPool
+
+from eventplatform.dead_letters import dead_letter_subject
+from eventplatform.nats_broker import NatsBroker
+from eventplatform.retry import RetryPolicy
+from eventplatform.schema import create_schema
+from eventplatform.worker import ProjectionWorker, WorkerConfig
+from tests.support.consumers import (
+    OrderedProjection,
+    applied,
+    event_body,
+    publish,
+    rows,
+    stream_for,
+    subject_messages,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+
+@pytest.fixture
+def dsn(database_dsn):
+    create_schema(database_dsn, projections=[OrderedProjection()])
+    return database_dsn
+
+
+@pytest.fixture
+def pool(dsn):
+    with ConnectionPool(dsn, min_size=1, max_size=4) as pool:
+        yield pool
+
+
+@pytest_asyncio.fixture
+async def broker(nats_url):
+    async with NatsBroker([nats_url]) as broker:
+        yield broker
+
+
+async def worker_for(broker, pool, prefix, batch_size=500):
+    worker = ProjectionWorker(
+        projection=OrderedProjection(),
+        broker=broker,
+        pool=pool,
+        config=WorkerConfig(
+            stream=prefix.upper(),
+            filter_subject=f"{prefix}.>",
+            batch_size=batch_size,
+            fetch_timeout=0.3,
+            ack_wait=10.0,
+            policy=RetryPolicy(attempts=2, initial=0.01, cap=0.01),
+        ),
+    )
+    await worker.start()
+    return worker
+
+
+async def received(worker, count, timeout=60.0):
+    """Processes until ``count`` messages were received; returns the summed results."""
+    totals = {"received": 0, "applied": 0, "skipped": 0, "dead_lettered": 0, "parked": 0}
+    async with asyncio.timeout(timeout):
+        while totals["received"] < count:
+            result = await worker.process_once()
+            for key in totals:
+                totals[key] += getattr(result, key)
+    return totals
+
+
+async def test_a_poison_message_among_ten_thousand_is_dead_lettered_and_the_rest_applied(
+    dsn, pool, broker, unique_name
+):
+    prefix = await stream_for(broker, unique_name)
+    bodies = [event_body(f"agg-{n % 100}", n // 100 + 1, n + 1) for n in range(10_000)]
+    poison = b'{"specversion": "1.0", "id": "x", "truncated'
+    bodies.insert(5_000, poison)
+    await publish(broker, prefix, bodies)
+    worker = await worker_for(broker, pool, prefix, batch_size=2_000)
+
+    totals = await received(worker, 10_001)
+
+    assert (totals["applied"], totals["dead_lettered"]) == (10_000, 1)
+    assert len(applied(dsn)) == 10_000
+    [(error, body)] = rows(dsn, "SELECT error, body FROM eventplatform_dead_letters")
+    assert "not JSON" in error
+    assert bytes(body) == poison
+    assert worker.positions == {"products": 10_000}
+
+
+async def test_the_same_event_delivered_five_times_is_applied_once(dsn, pool, broker, unique_name):
+    prefix = await stream_for(broker, unique_name)
+    body = event_body("A", 1, 1)
+    # Duplicate publishes under new message ids (a relay that lost its position twice over).
+    await publish(broker, prefix, [body, body, body])
+    worker = await worker_for(broker, pool, prefix)
+    first = await received(worker, 3)
+    # A restart, then two more republishes arrive.
+    restarted = await worker_for(broker, pool, prefix)
+    await publish(broker, prefix, [body, body], first_msg_id=10)
+    second = await received(restarted, 2)
+
+    assert (first["applied"], first["skipped"]) == (1, 2)
+    assert (second["applied"], second["skipped"]) == (0, 2)
+    assert applied(dsn) == [("A", 1)]
+
+
+async def test_every_malformed_shape_ends_dead_lettered_and_good_events_still_apply(
+    dsn, pool, broker, unique_name
+):
+    prefix = await stream_for(broker, unique_name)
+    good = orjson.loads(event_body("G", 1, 1))
+    malformed = [
+        b"",
+        b"\x00\x01\x02",
+        b"[1, 2, 3]",
+        b'"just a string"',
+        orjson.dumps({**good, "specversion": "0.3"}),
+        orjson.dumps({**good, "id": 42}),
+        orjson.dumps({**good, "sequence": -1}),
+        orjson.dumps({**good, "data": "not an object"}),
+        orjson.dumps({k: v for k, v in good.items() if k != "subject"}),
+        event_body("G", 1, 1)[:-20],
+        orjson.dumps({**good, "data": {"blob": "x" * 500_000}, "id": 7}),
+    ]
+    goods = [event_body("G", n, n) for n in range(1, 4)]
+    await publish(broker, prefix, [goods[0], *malformed, goods[1], goods[2]])
+    worker = await worker_for(broker, pool, prefix, batch_size=5)
+
+    totals = await received(worker, len(malformed) + 3)
+
+    assert totals["applied"] == 3
+    assert totals["dead_lettered"] == len(malformed)
+    assert applied(dsn) == [("G", 1), ("G", 2), ("G", 3)]
+    stored = {bytes(r[0]) for r in rows(dsn, "SELECT body FROM eventplatform_dead_letters")}
+    assert stored == set(malformed)
+
+
+async def test_dead_letters_are_announced_on_the_dlq_subject_and_not_consumed_again(
+    dsn, pool, broker, unique_name
+):
+    prefix = await stream_for(broker, unique_name)
+    await publish(broker, prefix, [b"poison", event_body("A", 1, 1)])
+    worker = await worker_for(broker, pool, prefix)
+    await received(worker, 2)
+    # The announcement lands in the same stream; the worker sees it and ignores it.
+    third = await received(worker, 1)
+
+    announced = await subject_messages(
+        broker, prefix.upper(), dead_letter_subject(prefix, "ordered")
+    )
+    assert [m.data for m in announced] == [b"poison"]
+    assert announced[0].headers["Eventplatform-Consumer"] == "ordered"
+    assert (third["skipped"], third["dead_lettered"]) == (1, 0)
+    assert rows(dsn, "SELECT count(*) FROM eventplatform_dead_letters") == [(1,)]
