@@ -36,6 +36,10 @@ configuration (environment):
   APP_PROJECTION_BATCH_SIZE messages per projection transaction (default 500)
   APP_ACK_WAIT              seconds before JetStream redelivers (default 30)
   APP_POOL_SIZE             connections per pool (default 4)
+  APP_CONSUMER_BATCH_SIZE, APP_CONSUMER_FETCH_TIMEOUT, APP_CONSUMER_MAX_DELIVER,
+  APP_CONSUMER_MAX_ACK_PENDING   handler consumers (defaults 100, 1.0, 20, 1000)
+  APP_RETRY_ATTEMPTS, APP_RETRY_INITIAL, APP_RETRY_MULTIPLIER, APP_RETRY_CAP,
+  APP_RETRY_JITTER          retry policy (defaults 5, 0.1 s, 2.0, 5.0 s, 0.5)
 """
 
 
@@ -178,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the whole flow on throwaway servers (or APP_DSN/APP_NATS_URL if set)"
     )
     p.set_defaults(func=cmd_demo)
+
+    from eventplatform.cli_dlq import add_dlq_parser
+
+    add_dlq_parser(sub)  # dlq list | show ID | retry ID|--all | discard ID
     return parser
 
 

@@ -206,3 +206,54 @@ def _letter(
         msg = f"dead letter {dead_letter_id} belongs to {letter.consumer!r}, not {consumer!r}"
         raise EventPlatformError(msg)
     return letter
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardResult:
+    """What a discard did.
+
+    Attributes:
+        status: ``"discarded"``, ``"not open"`` (nothing done) or ``"refused"`` (parked
+            events wait behind it and ``force`` was not given).
+        parked: parked events behind it (dropped when ``status == "discarded"``).
+    """
+
+    status: str
+    parked: int
+
+
+def discard(conn: psycopg.Connection[Any], dead_letter_id: int, *, force: bool) -> DiscardResult:
+    """Marks a dead letter discarded: an operator decided it needs no processing.
+
+    A parked dead letter holds its aggregate's later events; discarding it alone would let
+    new events of that aggregate apply while the older ones stay parked, so it is refused
+    unless ``force``, which drops the parked events too (they stay visible in the log and
+    can be replayed by rebuilding the projection).
+
+    Raises:
+        EventPlatformError: no such dead letter.
+    """
+    letters = PostgresDeadLetters()
+    parking = PostgresParking()
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            letter = letters.get(cur, dead_letter_id)
+            if letter is None:
+                msg = f"no dead letter with id {dead_letter_id}"
+                raise EventPlatformError(msg)
+            parking.lock(cur, letter.consumer)
+            letter = _letter(cur, letters, dead_letter_id, letter.consumer)
+            if letter.status != "open":
+                return DiscardResult("not open", 0)
+            behind = (
+                parking.parked(cur, letter.consumer, letter.aggregate)
+                if letter.parked and letter.aggregate
+                else []
+            )
+            if behind and not force:
+                return DiscardResult("refused", len(behind))
+            parking.delete(cur, [row_id for row_id, _ in behind])
+            letters.resolve(cur, letter.id, "discarded")
+            return DiscardResult("discarded", len(behind))
+    except psycopg.OperationalError as e:
+        raise translate(e, f"discarding dead letter {dead_letter_id}") from e

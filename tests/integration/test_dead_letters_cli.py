@@ -1,0 +1,137 @@
+"""``eventplatform dlq``: list, show, retry (twice is harmless) and discard, on real servers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import pytest_asyncio
+from psycopg_pool import ConnectionPool
+
+from eventplatform.cli import main
+from eventplatform.nats_broker import NatsBroker
+from eventplatform.retry import RetryPolicy
+from eventplatform.schema import create_schema
+from eventplatform.worker import ProjectionWorker, WorkerConfig
+from tests.support.consumers import (
+    OrderedProjection,
+    applied,
+    event_body,
+    publish,
+    rows,
+    stream_for,
+)
+
+pytestmark = [pytest.mark.integration]
+
+FIXED = "tests.support.consumers:OrderedProjection"
+
+
+@pytest_asyncio.fixture
+async def letters(database_dsn, nats_url, unique_name, monkeypatch):
+    """A2 failed (A3 parked behind it) and one poison message: two open dead letters."""
+    projection = OrderedProjection(broken={("A", 2)})
+    create_schema(database_dsn, projections=[projection])
+    bodies = [event_body("A", 1, 1), event_body("A", 2, 2), b"poison", event_body("A", 3, 3)]
+    async with NatsBroker([nats_url]) as broker:
+        prefix = await stream_for(broker, unique_name)
+        await publish(broker, prefix, bodies)
+        with ConnectionPool(database_dsn, min_size=1, max_size=2) as pool:
+            worker = ProjectionWorker(
+                projection=projection,
+                broker=broker,
+                pool=pool,
+                config=WorkerConfig(
+                    stream=prefix.upper(),
+                    filter_subject=f"{prefix}.>",
+                    fetch_timeout=0.3,
+                    policy=RetryPolicy(attempts=1),
+                ),
+            )
+            await worker.start()
+            async with asyncio.timeout(20):
+                while worker.positions.get("products", 0) < 3:
+                    await worker.process_once()
+    monkeypatch.setenv("APP_DSN", database_dsn)
+    ids = [
+        r[0] for r in rows(database_dsn, "SELECT id FROM eventplatform_dead_letters ORDER BY id")
+    ]
+    return database_dsn, ids
+
+
+def dlq(capsys, *args: str) -> tuple[int, str]:
+    code = main(["dlq", *args])
+    return code, capsys.readouterr().out
+
+
+@pytest.mark.asyncio
+async def test_list_shows_open_dead_letters_with_their_errors(letters, capsys):
+    _, (parked_id, poison_id) = letters
+    code, out = dlq(capsys, "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 3  # header + two
+    assert str(parked_id) in lines[1]
+    assert "cannot apply A v2" in lines[1]
+    assert "(parked)" in lines[1]
+    assert str(poison_id) in lines[2]
+    assert "not JSON" in lines[2]
+
+
+@pytest.mark.asyncio
+async def test_show_prints_the_error_the_body_and_what_is_parked_behind(letters, capsys):
+    _, (parked_id, _) = letters
+    code, out = dlq(capsys, "show", str(parked_id))
+    assert code == 0
+    assert "cannot apply A v2" in out
+    assert "parked_behind:  1" in out
+    assert '"aggregateversion":2' in out
+
+
+@pytest.mark.asyncio
+async def test_retry_of_a_fixed_message_applies_it_once_and_twice_changes_nothing(letters, capsys):
+    dsn, (parked_id, _) = letters
+    first = dlq(capsys, "retry", str(parked_id), "--consumer", FIXED)
+    second = dlq(capsys, "retry", str(parked_id), "--consumer", FIXED)
+
+    assert first == (0, f"dead letter {parked_id}: applied (2 event(s)) by ordered\n")
+    assert second[0] == 0
+    assert "not open" in second[1]
+    assert applied(dsn) == [("A", 1), ("A", 2), ("A", 3)]
+
+
+@pytest.mark.asyncio
+async def test_retry_all_reports_what_still_fails_and_exits_non_zero(letters, capsys):
+    dsn, (parked_id, poison_id) = letters
+    code, out = dlq(capsys, "retry", "--all", "--consumer", FIXED)
+    assert code == 1
+    assert f"dead letter {parked_id}: applied" in out
+    assert f"dead letter {poison_id}: still fails" in out
+    assert "not JSON" in out
+    assert rows(dsn, "SELECT status FROM eventplatform_dead_letters ORDER BY id") == [
+        ("retried",),
+        ("open",),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_discard_refuses_to_strand_parked_events_unless_forced(letters, capsys):
+    dsn, (parked_id, poison_id) = letters
+    refused = dlq(capsys, "discard", str(parked_id))
+    poison = dlq(capsys, "discard", str(poison_id))
+    forced = dlq(capsys, "discard", str(parked_id), "--force")
+
+    assert refused[0] == 1
+    assert "1 parked event(s)" in refused[1]
+    assert poison == (0, f"dead letter {poison_id}: discarded\n")
+    assert forced == (0, f"dead letter {parked_id}: discarded, dropped 1 parked event(s)\n")
+    assert rows(dsn, "SELECT count(*) FROM eventplatform_parked_events") == [(0,)]
+
+
+@pytest.mark.asyncio
+async def test_unknown_ids_and_wrong_consumers_are_clear_errors(letters, capsys):
+    _, (parked_id, _) = letters
+    assert main(["dlq", "show", "999999"]) == 1
+    assert "no dead letter with id 999999" in capsys.readouterr().err
+    assert main(["dlq", "retry", str(parked_id), "--consumer", "eventplatform:Projection"]) == 2
+    assert "cannot instantiate projection" in capsys.readouterr().err
