@@ -49,6 +49,7 @@ from eventplatform.errors import (
     EventPlatformError,
     StoreUnavailable,
 )
+from eventplatform.intake import read_message
 from eventplatform.nats_broker import NatsBroker
 from eventplatform.postgres import translate
 from eventplatform.retry import RetryPolicy, Sleep
@@ -420,11 +421,10 @@ class HandlerConsumer:
             await _ack(m)
             return "ignored"
         delivered = m.metadata.num_delivered or 1
-        envelope: CloudEvent | None = None
-        try:
-            envelope, event = self.handler.decode(m.data)
-        except DecodeError as e:
-            await self._dead_letter(m, envelope_of(m.data), f"{e}", delivered)
+        intake = read_message(m.data, self.handler.decoder)
+        envelope, event = intake.envelope, intake.event
+        if envelope is None or intake.error is not None:
+            await self._dead_letter(m, envelope, intake.error or "unreadable", delivered)
             return "dead_lettered"
         maximum = self._config.max_deliver
         if maximum != -1 and delivered >= maximum:

@@ -28,7 +28,6 @@ from nats.aio.msg import Msg
 from nats.js import api
 from psycopg_pool import ConnectionPool
 
-from eventplatform import cloudevents
 from eventplatform.acking import ack_all, keep_alive
 from eventplatform.cloudevents import CloudEvent
 from eventplatform.dead_letters import (
@@ -39,10 +38,10 @@ from eventplatform.dead_letters import (
 from eventplatform.decoding import EventDecoder
 from eventplatform.errors import (
     BrokerUnavailable,
-    DecodeError,
     ProjectionError,
     StoreUnavailable,
 )
+from eventplatform.intake import read_message
 from eventplatform.nats_broker import NatsBroker
 from eventplatform.parking import PostgresParking
 from eventplatform.postgres import translate
@@ -257,10 +256,10 @@ class ProjectionWorker:
             if is_dead_letter_subject(self._config.prefix, m.subject):
                 result.skipped += 1
                 continue
-            try:
-                envelope = cloudevents.decode(m.data)
-            except DecodeError as e:
-                items.append(_Item(m, None, None, str(e)))
+            intake = read_message(m.data, self._decoder)
+            envelope = intake.envelope
+            if envelope is None:
+                items.append(_Item(m, None, None, intake.error))
                 continue
             tracked = positions.get(envelope.source, TrackedPosition(0, 0))
             if envelope.sequence <= tracked.position:
@@ -269,10 +268,7 @@ class ProjectionWorker:
             positions[envelope.source] = TrackedPosition(
                 envelope.sequence, m.metadata.sequence.stream
             )
-            try:
-                items.append(_Item(m, envelope, self._decoder.decode(envelope), None))
-            except DecodeError as e:
-                items.append(_Item(m, envelope, None, str(e)))
+            items.append(_Item(m, envelope, intake.event, intake.error))
         return items
 
     def _apply(
