@@ -1,4 +1,8 @@
-"""The relay's position per log: recorded only after the broker acknowledged up to it."""
+"""The relay's position per log: recorded only after the broker acknowledged up to it.
+
+A position only grows, and a leader records it only while its lease token is current (see
+:mod:`eventplatform.leadership`): a deposed relay that wakes up late can move nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from eventplatform.leadership import LeaseLost
 from eventplatform.postgres import translate
-from eventplatform.schema import RELAY_POSITIONS
+from eventplatform.schema import RELAY_LEASES, RELAY_POSITIONS, UNROUTED_EVENTS
 
 
 class PostgresRelayPositions:
@@ -29,6 +34,21 @@ class PostgresRelayPositions:
         " SET position = EXCLUDED.position, updated_at = now()"
         " WHERE t.position < EXCLUDED.position"
     ).format(t=sql.Identifier(RELAY_POSITIONS))
+    # FOR SHARE on the lease row: a concurrent takeover (which updates the row) either
+    # commits first, and the token no longer matches, or waits until this has recorded.
+    _fenced_upsert = sql.SQL(
+        "WITH lease AS ("
+        " SELECT token FROM {l} WHERE log = %(log)s AND token = %(token)s FOR SHARE),"
+        " recorded AS ("
+        " INSERT INTO {t} AS t (log, position) SELECT %(log)s, %(position)s FROM lease"
+        " ON CONFLICT (log) DO UPDATE SET position = EXCLUDED.position, updated_at = now()"
+        " WHERE t.position < EXCLUDED.position RETURNING 1)"
+        " SELECT count(*) FROM lease"
+    ).format(l=sql.Identifier(RELAY_LEASES), t=sql.Identifier(RELAY_POSITIONS))
+    _unrouted = sql.SQL(
+        "INSERT INTO {} (log, notification_id, topic) VALUES (%s, %s, %s)"
+        " ON CONFLICT (log, notification_id) DO NOTHING"
+    ).format(sql.Identifier(UNROUTED_EVENTS))
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
@@ -42,9 +62,39 @@ class PostgresRelayPositions:
             raise translate(e, f"reading the relay position of {log!r}") from e
         return 0 if row is None else int(row[0])
 
-    async def record(self, log: str, position: int) -> None:
-        """Records ``position`` for ``log``; a lower position than the stored one is ignored."""
+    async def record(self, log: str, position: int, *, token: int | None = None) -> None:
+        """Records ``position`` for ``log``; a lower position than the stored one is ignored.
+
+        Args:
+            log: the log.
+            position: the notification id every message up to which the broker acknowledged.
+            token: the recording leader's fencing token; when given, nothing is recorded
+                unless it is still the current token of ``log``'s lease.
+
+        Raises:
+            LeaseLost: ``token`` is no longer current.
+            StoreUnavailable: PostgreSQL could not be reached.
+        """
         try:
-            await self._conn.execute(self._upsert, (log, position))
+            if token is None:
+                await self._conn.execute(self._upsert, (log, position))
+                return
+            params = {"log": log, "position": position, "token": token}
+            cur = await self._conn.execute(self._fenced_upsert, params)
+            row = await cur.fetchone()
         except psycopg.OperationalError as e:
             raise translate(e, f"recording the relay position of {log!r}") from e
+        if not row or not row[0]:
+            msg = f"relay position {position} of {log!r} not recorded: lease token {token} deposed"
+            raise LeaseLost(msg)
+
+    async def record_unrouted(self, log: str, unrouted: list[tuple[int, str]]) -> None:
+        """Records events whose topic maps to no subject: ``(notification id, topic)`` each.
+
+        Idempotent: recording the same notification again changes nothing.
+        """
+        try:
+            async with self._conn.cursor() as cur:
+                await cur.executemany(self._unrouted, [(log, n, topic) for n, topic in unrouted])
+        except psycopg.OperationalError as e:
+            raise translate(e, f"recording unrouted events of {log!r}") from e

@@ -2,13 +2,16 @@
 
 Each ``run_*`` coroutine owns its connections, reconnects after a lost database connection,
 and returns when ``stop`` is set. Only one instance per log (relay) or per projection (worker)
-is active at a time: the others wait as hot standbys on a PostgreSQL advisory lock, which the
-server releases the moment the holder's session dies.
+is active at a time. Projection workers wait as hot standbys on a PostgreSQL advisory lock,
+which the server releases the moment the holder's session dies; relays use a lease row with a
+fencing token instead (:mod:`eventplatform.leadership`), which also works behind a
+transaction-mode connection pooler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +22,13 @@ from psycopg_pool import ConnectionPool
 
 from eventplatform.errors import BrokerUnavailable, StoreUnavailable
 from eventplatform.event_log import PostgresEventLog
+from eventplatform.leadership import (
+    Leadership,
+    LeaseConfig,
+    LeaseLost,
+    PostgresLeases,
+    new_holder_id,
+)
 from eventplatform.nats_broker import NatsBroker, stream_spec
 from eventplatform.positions import PostgresRelayPositions
 from eventplatform.postgres import translate
@@ -69,68 +79,130 @@ async def run_relay(
     *,
     mapper: TopicMapper | None = None,
     on_batch: Callable[[RelayedBatch], None] | None = None,
+    lease: LeaseConfig | None = None,
+    holder: str | None = None,
 ) -> None:
     """Runs the relay for ``settings.log`` until ``stop`` is set.
+
+    Several may run for one log: one leads (holds the lease), the others stand by and take
+    over within ``lease.takeover_bound`` seconds when it dies, hangs or loses its database.
+    Lost connections to PostgreSQL or NATS are retried with capped back-off and jitter,
+    logged once per episode; none ends this coroutine. On ``stop`` the current batch's acks
+    are awaited, its position recorded and the lease released.
 
     Args:
         settings: platform settings.
         stop: set it to shut down (the current batch finishes and is recorded).
         mapper: topic → subject (default ``<prefix>.<Aggregate>.<Event>``).
         on_batch: called after each recorded batch (demo, metrics).
+        lease: leadership timing (default: 3 s ttl, takeover within 4 s).
+        holder: this relay's holder id in the lease table (default ``host:pid:random``).
+
+    Raises:
+        StreamAheadOfLog: the stream holds events this log does not have.
     """
-    dsn = settings.require_dsn()
+    settings.require_dsn()
     broker = NatsBroker(
         settings.nats_servers,
         name=f"relay-{settings.log}",
         max_in_flight=settings.relay_max_in_flight,
     )
-    await _connect_broker(broker, stop)
+    holder = holder or new_holder_id()
     failures = 0
     try:
-        await broker.ensure_stream(stream_spec(settings))
+        if not await _relay_broker_ready(broker, settings, stop):
+            return
         while not stop.is_set():
             try:
-                async with exclusive(dsn, f"eventplatform.relay:{settings.log}", stop) as lock:
-                    if stop.is_set():
-                        break
-                    await _relay_while_connected(settings, broker, lock, stop, mapper, on_batch)
+                await _lead(settings, broker, stop, mapper, on_batch, lease, holder)
             except StoreUnavailable as e:
                 failures += 1
                 if failures == 1:
                     logger.warning("relay lost PostgreSQL: %s; reconnecting", e)
                 await sleep_or_stop(stop, backoff(failures, 0.2, 5.0))
                 continue
+            except LeaseLost as e:
+                logger.warning("relay of %r steps down: %s", settings.log, e)
+                continue
+            if failures:
+                logger.info("relay reconnected to PostgreSQL after %d retries", failures)
             failures = 0
     finally:
         await broker.close()
 
 
-async def _relay_while_connected(
+async def _relay_broker_ready(broker: NatsBroker, settings: Settings, stop: asyncio.Event) -> bool:
+    """Connects and ensures the stream, retrying while NATS is away; False if stopped first."""
+    failures = 0
+    connected = False
+    while not stop.is_set():
+        try:
+            if not connected:
+                await broker.connect()
+                connected = True
+            await broker.ensure_stream(stream_spec(settings))
+            if failures:
+                logger.info("relay reached NATS after %d retries", failures)
+            return True
+        except BrokerUnavailable as e:
+            failures += 1
+            if failures == 1:
+                logger.warning("relay cannot reach NATS: %s; retrying", e)
+            await sleep_or_stop(stop, backoff(failures, 0.2, 5.0))
+    return False
+
+
+async def _connect(dsn: str, what: str) -> psycopg.AsyncConnection[Any]:
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    except psycopg.OperationalError as e:
+        raise translate(e, what) from e
+
+
+async def _lead(
     settings: Settings,
     broker: NatsBroker,
-    lock: psycopg.AsyncConnection[Any],
     stop: asyncio.Event,
     mapper: TopicMapper | None,
     on_batch: Callable[[RelayedBatch], None] | None,
+    lease_config: LeaseConfig | None,
+    holder: str,
 ) -> None:
+    """Stands by for the lease, then relays while it holds it; releases it on the way out."""
     dsn = settings.require_dsn()
-    try:
-        listener = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-    except psycopg.OperationalError as e:
-        raise translate(e, "opening the LISTEN connection") from e
-    async with listener:
-        relay = Relay(
-            log=PostgresEventLog(lock, listener, settings.log),
-            broker=broker,
-            positions=PostgresRelayPositions(lock),
-            mapper=mapper or DefaultTopicMapper(settings.subject_prefix),
-            config=RelayConfig(
-                batch_size=settings.relay_batch_size,
-                poll_interval=settings.relay_poll_interval,
-            ),
-            on_batch=on_batch,
+    async with await _connect(dsn, "opening the lease connection") as lease_conn:
+        leadership = Leadership(
+            PostgresLeases(lease_conn), settings.log, holder=holder, config=lease_config
         )
-        await relay.run(stop)
+        lease = await leadership.acquire(stop)
+        if lease is None:
+            return
+        logger.info("relay %s leads log %r (lease token %d)", holder, settings.log, lease.token)
+        keeper = asyncio.create_task(leadership.keep())
+        try:
+            async with (
+                await _connect(dsn, "opening the relay's reader") as reader,
+                await _connect(dsn, "opening the LISTEN connection") as listener,
+            ):
+                relay = Relay(
+                    log=PostgresEventLog(reader, listener, settings.log),
+                    broker=broker,
+                    positions=PostgresRelayPositions(reader),
+                    mapper=mapper or DefaultTopicMapper(settings.subject_prefix),
+                    config=RelayConfig(
+                        stream=settings.stream,
+                        batch_size=settings.relay_batch_size,
+                        poll_interval=settings.relay_poll_interval,
+                    ),
+                    on_batch=on_batch,
+                    lease=leadership,
+                )
+                await relay.run(stop)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            await leadership.release()
 
 
 async def run_projection(

@@ -33,6 +33,8 @@ TRACKING = "eventplatform_tracking"
 DEAD_LETTERS = "eventplatform_dead_letters"
 PROCESSED_EVENTS = "eventplatform_processed_events"
 PARKED_EVENTS = "eventplatform_parked_events"
+RELAY_LEASES = "eventplatform_relay_leases"
+UNROUTED_EVENTS = "eventplatform_unrouted_events"
 
 _PLATFORM_TABLES = [
     sql.SQL(
@@ -96,6 +98,24 @@ _PLATFORM_TABLES = [
     sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (consumer, aggregate, id)").format(
         sql.Identifier(f"{PARKED_EVENTS}_aggregate_idx"), sql.Identifier(PARKED_EVENTS)
     ),
+    # Relay leadership (issue 3): one lease row per log, see leadership.py.
+    sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} ("
+        " log text PRIMARY KEY,"
+        " holder text NOT NULL,"
+        " token bigint NOT NULL,"
+        " acquired_at timestamptz NOT NULL DEFAULT now(),"
+        " expires_at timestamptz NOT NULL)"
+    ).format(sql.Identifier(RELAY_LEASES)),
+    # Events whose topic maps to no subject (issue 3): recorded, never silently dropped.
+    sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} ("
+        " log text NOT NULL,"
+        " notification_id bigint NOT NULL,"
+        " topic text NOT NULL,"
+        " recorded_at timestamptz NOT NULL DEFAULT now(),"
+        " PRIMARY KEY (log, notification_id))"
+    ).format(sql.Identifier(UNROUTED_EVENTS)),
 ]
 
 

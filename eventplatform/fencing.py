@@ -1,0 +1,139 @@
+"""The broker-side fence: JetStream appends a relay's message only right after its predecessor.
+
+Every message the relay publishes says what the stream's last message must be:
+
+* the first message after the relay learned the stream's tail carries
+  ``Nats-Expected-Last-Sequence`` (the stream's last sequence). Sequences survive a server
+  restart; on NATS 2.9 the last message *id* does not once the duplicate window has passed;
+* every following message carries ``Nats-Expected-Last-Msg-Id``: its predecessor's
+  ``Nats-Msg-Id``.
+
+So a message lost in the middle of a pipelined batch makes every later one of the batch fail
+instead of landing out of order, and a deposed leader that wakes up late cannot append behind
+its successor's back. A refused message ("wrong last sequence / msg id") is not an outage: the
+relay re-reads the stream's tail (:func:`read_tail`) and resumes after what is there.
+
+The tail also makes publishing exactly-once beyond the duplicate window: on start and after
+any failure the relay moves its position up to the last notification the stream already holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from eventplatform.cloudevents import MSG_ID_HEADER
+from eventplatform.errors import BrokerUnavailable, PublishError
+
+logger = logging.getLogger(__name__)
+
+EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
+EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+#: JetStream error codes of a failed expectation (JSStreamWrongLastMsgIDErrF, ...SequenceErrF).
+FENCE_ERROR_CODES = frozenset({10070, 10071})
+#: How far back :func:`read_tail` looks for the log's last message among others' messages.
+MAX_SCAN = 10_000
+
+
+def is_fence_error(e: BaseException) -> bool:
+    """Whether ``e`` (or its cause) is JetStream refusing a message's expected-last header."""
+    current: BaseException | None = e
+    while current is not None:
+        if isinstance(current, nats.js.errors.APIError) and current.err_code in FENCE_ERROR_CODES:
+            return True
+        current = current.__cause__
+    return False
+
+
+def fence_headers(previous_msg_id: str | None, last_sequence: int | None) -> dict[str, str]:
+    """The expected-last header of one message.
+
+    Args:
+        previous_msg_id: the ``Nats-Msg-Id`` of the message published just before it, or
+            None for the first message after the tail was read.
+        last_sequence: the stream's last sequence, used when there is no predecessor.
+
+    Raises:
+        ValueError: neither is known (read the tail first).
+    """
+    if previous_msg_id is not None:
+        return {EXPECTED_LAST_MSG_ID: previous_msg_id}
+    if last_sequence is None:
+        msg = "neither the previous message id nor the stream's last sequence is known"
+        raise ValueError(msg)
+    return {EXPECTED_LAST_SEQUENCE: str(last_sequence)}
+
+
+def notification_of(msg_id: str | None, log: str) -> int | None:
+    """The notification id in a ``<log>:<id>`` message id, or None if it is not ``log``'s."""
+    if not msg_id:
+        return None
+    name, sep, number = msg_id.rpartition(":")
+    if not sep or name != log or not number.isdigit():
+        return None
+    return int(number)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTail:
+    """What the stream holds at its end.
+
+    Attributes:
+        last_sequence: the stream's last sequence (0 when it never held a message).
+        last_notification: the highest notification id of the log found at the end of the
+            stream (0 when none).
+        scanned: messages read to find it.
+    """
+
+    last_sequence: int
+    last_notification: int
+    scanned: int
+
+
+async def read_tail(
+    js: JetStreamContext, stream: str, log: str, *, max_scan: int = MAX_SCAN
+) -> StreamTail:
+    """Reads the stream's last sequence and the last notification of ``log`` it holds.
+
+    Walks back from the last message over other publishers' messages (dead letters share the
+    stream) until one carries a ``<log>:<id>`` message id, at most ``max_scan`` messages.
+
+    Raises:
+        BrokerUnavailable: JetStream did not answer.
+        PublishError: the stream does not exist.
+    """
+    try:
+        info = await js.stream_info(stream)
+        last = int(info.state.last_seq or 0)
+        first = int(info.state.first_seq or 0)
+        scanned = 0
+        seq = last
+        while seq >= max(first, 1) and scanned < max_scan:
+            scanned += 1
+            try:
+                stored = await js.get_msg(stream, seq)
+            except nats.js.errors.NotFoundError:
+                seq -= 1  # deleted or expired
+                continue
+            notification = notification_of((stored.headers or {}).get(MSG_ID_HEADER), log)
+            if notification is not None:
+                return StreamTail(last, notification, scanned)
+            seq -= 1
+    except nats.js.errors.NotFoundError as e:
+        msg = f"JetStream stream {stream!r} does not exist"
+        raise PublishError(msg) from e
+    except (TimeoutError, nats.errors.Error, OSError) as e:
+        msg = f"JetStream unavailable while reading the tail of {stream!r}: {e!r}"
+        raise BrokerUnavailable(msg) from e
+    if scanned >= max_scan:
+        logger.warning(
+            "no message of log %r among the last %d of stream %r: is the stream shared?",
+            log,
+            max_scan,
+            stream,
+        )
+    return StreamTail(last, 0, scanned)
