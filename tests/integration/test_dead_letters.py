@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import psycopg
+import psycopg.errors
 import pytest
 import pytest_asyncio
 from psycopg_pool import ConnectionPool
@@ -159,3 +161,71 @@ async def test_dead_letters_are_announced_on_the_dlq_subject_and_not_consumed_ag
     assert announced[0].headers["Eventplatform-Consumer"] == "ordered"
     assert (third["skipped"], third["dead_lettered"]) == (1, 0)
     assert rows(dsn, "SELECT count(*) FROM eventplatform_dead_letters") == [(1,)]
+
+
+class FlakyProjection(OrderedProjection):
+    """Raises a deadlock for its first ``failures`` applies of aggregate F."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def apply(self, cur, event):
+        if event.subject == "F" and self.failures:
+            self.failures -= 1
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        super().apply(cur, event)
+
+
+async def flaky_worker(broker, pool, prefix, projection, policy, slept):
+    async def sleep(delay: float) -> None:
+        slept.append(delay)
+
+    worker = ProjectionWorker(
+        projection=projection,
+        broker=broker,
+        pool=pool,
+        config=WorkerConfig(
+            stream=prefix.upper(), filter_subject=f"{prefix}.>", fetch_timeout=0.3, policy=policy
+        ),
+        sleep=sleep,
+    )
+    await worker.start()
+    return worker
+
+
+async def test_a_transient_failure_retries_the_batch_on_the_policy_schedule_then_applies_once(
+    dsn, pool, broker, unique_name
+):
+    prefix = await stream_for(broker, unique_name)
+    await publish(broker, prefix, [event_body("E", 1, 1), event_body("F", 1, 2)])
+    policy = RetryPolicy(attempts=5, initial=0.5, multiplier=2.0, cap=1.5, jitter=0.0)
+    slept: list[float] = []
+    worker = await flaky_worker(broker, pool, prefix, FlakyProjection(3), policy, slept)
+
+    totals = await received(worker, 2)
+
+    assert slept == policy.delays()[:3] == [0.5, 1.0, 1.5]
+    assert (totals["applied"], totals["dead_lettered"]) == (2, 0)
+    assert applied(dsn) == [("E", 1), ("F", 1)]
+
+
+async def test_a_failure_that_stays_transient_parks_after_the_attempts_and_others_flow(
+    dsn, pool, broker, unique_name
+):
+    prefix = await stream_for(broker, unique_name)
+    await publish(broker, prefix, [event_body("F", 1, 1), event_body("E", 1, 2)])
+    policy = RetryPolicy(attempts=3, initial=0.01, cap=0.01, jitter=0.0)
+    slept: list[float] = []
+    worker = await flaky_worker(broker, pool, prefix, FlakyProjection(10**6), policy, slept)
+
+    totals = await received(worker, 2)
+
+    assert len(slept) == 2  # attempts 1 and 2 retried; attempt 3 isolates and parks
+    assert (totals["applied"], totals["dead_lettered"]) == (1, 1)
+    assert applied(dsn) == [("E", 1)]
+    [(error, attempts, parked)] = rows(
+        dsn, "SELECT error, attempts, parked FROM eventplatform_dead_letters"
+    )
+    assert "deadlock detected" in error
+    assert (attempts, parked) == (3, True)

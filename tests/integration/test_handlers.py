@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any
 
+import nats.errors
 import psycopg
 import pytest
 import pytest_asyncio
@@ -244,3 +246,61 @@ async def test_a_retrying_consumer_does_not_block_another_in_the_same_process(
         await asyncio.gather(drain(failing, expect=1), run_healthy())
 
     assert sorted(rows(dsn, "SELECT handler FROM effects")) == [("failing",), ("healthy",)]
+
+
+async def test_a_slow_handler_extends_its_ack_deadline_instead_of_being_redelivered(
+    dsn, pool, broker, unique_name
+):
+    prefix = await stream_for(broker, unique_name)
+    await publish(broker, prefix, [event_body("agg-1", 1, 1)])
+    slow = recording_effect("slow")
+
+    def handle(cur: psycopg.Cursor[Any], event: Any) -> None:
+        time.sleep(2.5)  # well past ack_wait: only in-progress acks keep the message ours
+        slow(cur, event)
+
+    handler = IdempotentEventHandler("slow", handle)
+    config = ConsumerConfig(
+        stream=prefix.upper(), subject_prefix=prefix, fetch_timeout=0.3, ack_wait=1.0
+    )
+    consumer = HandlerConsumer(handler=handler, broker=broker, pool=pool, config=config)
+
+    await consumer.start()
+    rival = await broker.js.pull_subscribe_bind(durable=consumer.durable, stream=prefix.upper())
+
+    async def rival_fetch() -> list[Any]:
+        # Another worker on the same durable, asking while the handler is past ack_wait.
+        await asyncio.sleep(1.2)
+        try:
+            return list(await rival.fetch(1, timeout=1.0))
+        except nats.errors.TimeoutError:
+            return []
+
+    totals, stolen = await asyncio.gather(drain(consumer, expect=1), rival_fetch())
+
+    assert totals["handled"] == 1
+    assert stolen == []  # not redelivered mid-work
+    assert rows(dsn, "SELECT count(*) FROM effects") == [(1,)]
+
+
+async def test_a_message_that_never_finishes_is_dead_lettered_at_max_deliver(
+    dsn, pool, broker, unique_name
+):
+    prefix = await stream_for(broker, unique_name)
+    await publish(broker, prefix, [event_body("agg-1", 1, 1)])
+    handler = IdempotentEventHandler("h", recording_effect("h"))
+    config = ConsumerConfig(
+        stream=prefix.upper(), subject_prefix=prefix, fetch_timeout=0.3, ack_wait=1.0, max_deliver=2
+    )
+    consumer = HandlerConsumer(handler=handler, broker=broker, pool=pool, config=config)
+    await consumer.start()
+    # Delivery 1 dies with its consumer (fetched, never acked): JetStream redelivers it.
+    assert len(await consumer._sub.fetch(1, timeout=2)) == 1
+
+    totals = await drain(consumer, expect=1)
+
+    assert totals["dead_lettered"] == 1
+    [(error, attempts)] = rows(dsn, "SELECT error, attempts FROM eventplatform_dead_letters")
+    assert "delivered 2 times without an outcome" in error
+    assert attempts == 2
+    assert rows(dsn, "SELECT count(*) FROM effects") == [(0,)]
