@@ -11,7 +11,9 @@ marker only guarantees the handler is not *completed* twice.
 :class:`HandlerConsumer` feeds a handler from a durable JetStream pull consumer: decode,
 handle with retries (``asyncio.sleep`` between attempts: other consumers in the process go
 on), in-progress acks while a slow handler works, dead letter when it still fails or cannot
-be decoded, and ack only after the outcome is committed.
+be decoded, and ack only after the outcome is committed. Handlers do not park: a dead-lettered
+event of aggregate A does not hold back A's later events (side effects rarely depend on each
+other the way read-model rows do); a handler that needs that order should be a projection.
 """
 
 from __future__ import annotations

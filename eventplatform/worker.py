@@ -38,6 +38,7 @@ from eventplatform.dead_letters import (
 from eventplatform.decoding import EventDecoder
 from eventplatform.errors import (
     BrokerUnavailable,
+    ConfigurationError,
     ProjectionError,
     StoreUnavailable,
 )
@@ -79,6 +80,21 @@ class WorkerConfig:
     ack_wait: float = 30.0
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     subject_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= self.batch_size <= 10_000:
+            problems.append(f"batch_size must be within 1..10000, got {self.batch_size}")
+        if not 0 < self.fetch_timeout <= 60:
+            problems.append(f"fetch_timeout must be within (0, 60] s, got {self.fetch_timeout}")
+        if not self.ack_wait > self.fetch_timeout:
+            problems.append(
+                f"ack_wait ({self.ack_wait}) must exceed fetch_timeout ({self.fetch_timeout})"
+            )
+        if problems:
+            raise ConfigurationError(
+                "invalid projection worker configuration: " + "; ".join(problems)
+            )
 
     @property
     def prefix(self) -> str:

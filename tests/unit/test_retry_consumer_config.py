@@ -7,6 +7,7 @@ import pytest
 from eventplatform.errors import ConfigurationError
 from eventplatform.handlers import ConsumerConfig
 from eventplatform.settings import load_settings
+from eventplatform.worker import WorkerConfig
 
 
 def test_defaults_are_valid():
@@ -56,3 +57,20 @@ def test_from_settings_takes_app_consumer_variables():
 def test_settings_refuse_nonsense_naming_the_variable(variable, value):
     with pytest.raises(ConfigurationError, match=variable):
         load_settings({variable: value})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"fetch_timeout": 0}, "fetch_timeout"),
+        ({"ack_wait": 1.0, "fetch_timeout": 2.0}, "ack_wait"),
+    ],
+)
+def test_a_projection_worker_refuses_nonsense_naming_the_field(kwargs, words):
+    with pytest.raises(ConfigurationError, match=words):
+        WorkerConfig(stream="EVENTS", filter_subject="events.>", **kwargs)
+
+
+def test_a_projection_worker_derives_its_dead_letter_prefix_from_the_filter():
+    assert WorkerConfig(stream="S", filter_subject="shop.events.>").prefix == "shop.events"
