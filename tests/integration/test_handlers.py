@@ -19,10 +19,12 @@ from eventplatform.handlers import (
     HandlerConsumer,
     IdempotentEventHandler,
     retry_dead_letter,
+    run_handler,
 )
 from eventplatform.nats_broker import NatsBroker
 from eventplatform.retry import PermanentError, RetryPolicy
 from eventplatform.schema import create_schema
+from eventplatform.settings import load_settings
 from tests.support.consumers import event_body, publish, rows, stream_for, subject_messages
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -304,3 +306,29 @@ async def test_a_message_that_never_finishes_is_dead_lettered_at_max_deliver(
     assert "delivered 2 times without an outcome" in error
     assert attempts == 2
     assert rows(dsn, "SELECT count(*) FROM effects") == [(0,)]
+
+
+async def test_run_handler_consumes_until_stopped(dsn, broker, unique_name):
+    prefix = await stream_for(broker, unique_name)
+    await publish(broker, prefix, [event_body(f"agg-{n}", 1, n) for n in range(1, 6)])
+    settings = load_settings(
+        {},
+        dsn=dsn,
+        nats_url=broker.nc.connected_url.geturl(),
+        stream=prefix.upper(),
+        subject_prefix=prefix,
+        consumer_fetch_timeout=0.2,
+    )
+    handler = IdempotentEventHandler("runner", recording_effect("runner"))
+    stop = asyncio.Event()
+    seen: list[int] = []
+
+    def on_batch(batch):
+        seen.append(batch.handled)
+        if sum(seen) >= 5:
+            stop.set()
+
+    await asyncio.wait_for(run_handler(settings, handler, stop, on_batch=on_batch), timeout=20)
+
+    assert sum(seen) == 5
+    assert rows(dsn, "SELECT count(*) FROM effects") == [(5,)]
