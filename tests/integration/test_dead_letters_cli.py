@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
 import pytest
 import pytest_asyncio
 from psycopg_pool import ConnectionPool
 
 from eventplatform.cli import main
+from eventplatform.dead_letters import PostgresDeadLetters
 from eventplatform.nats_broker import NatsBroker
 from eventplatform.retry import RetryPolicy
 from eventplatform.schema import create_schema
@@ -135,3 +137,22 @@ async def test_unknown_ids_and_wrong_consumers_are_clear_errors(letters, capsys)
     assert "no dead letter with id 999999" in capsys.readouterr().err
     assert main(["dlq", "retry", str(parked_id), "--consumer", "eventplatform:Projection"]) == 2
     assert "cannot instantiate projection" in capsys.readouterr().err
+
+
+def test_retry_of_a_handler_dead_letter_twice_has_one_effect(database_dsn, monkeypatch, capsys):
+    create_schema(database_dsn)
+    with psycopg.connect(database_dsn) as conn:
+        conn.execute("CREATE TABLE effects (handler text, event_id text, aggregate text)")
+        with conn.cursor() as cur:
+            letter_id = PostgresDeadLetters().record(
+                cur, consumer="cli-handler", body=event_body("H", 1, 1), error="was broken"
+            )
+    monkeypatch.setenv("APP_DSN", database_dsn)
+    handler = "tests.support.consumers:EFFECT_HANDLER"
+
+    first = dlq(capsys, "retry", str(letter_id), "--consumer", handler)
+    second = dlq(capsys, "retry", str(letter_id), "--consumer", handler)
+
+    assert first == (0, f"dead letter {letter_id}: applied (1 event(s)) by cli-handler\n")
+    assert "not open" in second[1]
+    assert rows(database_dsn, "SELECT aggregate FROM effects") == [("H",)]

@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 
 from eventplatform import cloudevents
+from eventplatform.handlers import IdempotentEventHandler
 from eventplatform.nats_broker import NatsBroker, OutgoingMessage, StreamSpec
 from eventplatform.projection import Projection
 
@@ -113,3 +114,11 @@ def applied(dsn: str, table: str = "ordered_events") -> list[tuple[str, int]]:
                 )
             ).fetchall()
         ]
+
+
+def _record_effect(cur: psycopg.Cursor[Any], event: Any) -> None:
+    cur.execute("INSERT INTO effects VALUES ('cli-handler', %s, %s)", (event.id, event.subject))
+
+
+#: A handler the CLI can load by reference (``tests.support.consumers:EFFECT_HANDLER``).
+EFFECT_HANDLER = IdempotentEventHandler("cli-handler", _record_effect)
