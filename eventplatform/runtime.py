@@ -34,7 +34,7 @@ from eventplatform.positions import PostgresRelayPositions
 from eventplatform.postgres import translate
 from eventplatform.projection import Projection
 from eventplatform.relay import Relay, RelayConfig, RelayedBatch
-from eventplatform.retry import backoff, sleep_or_stop
+from eventplatform.retry import backoff, policy_from_settings, sleep_or_stop
 from eventplatform.routing import DefaultTopicMapper, TopicMapper
 from eventplatform.settings import Settings
 from eventplatform.worker import BatchResult, ProjectionWorker, WorkerConfig
@@ -245,6 +245,8 @@ async def run_projection(
                             batch_size=settings.projection_batch_size,
                             fetch_timeout=settings.projection_fetch_timeout,
                             ack_wait=settings.ack_wait,
+                            policy=policy_from_settings(settings),
+                            subject_prefix=settings.subject_prefix,
                         ),
                     )
                     await worker.start()
