@@ -97,6 +97,19 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_handle(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs an idempotent handler's consumer."""
+    from eventplatform.handlers import IdempotentEventHandler, run_handler
+
+    settings.require_dsn()
+    handler = load(args.handler, what="handler")
+    if not isinstance(handler, IdempotentEventHandler):
+        msg = f"{args.handler!r} is not an IdempotentEventHandler (decorate it with @idempotent)"
+        raise ConfigurationError(msg)
+    _run_until_signal(lambda stop: run_handler(settings, handler, stop))
+    return 0
+
+
 def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
     """Waits for a projection to reach a position."""
     from eventplatform.waiting import wait_for
@@ -165,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
         "projection", help="projection module:attr, e.g. projections:ProductViewProjection"
     )
     p.set_defaults(func=cmd_project)
+
+    p = sub.add_parser("handle", help="run an idempotent handler (side effects, retries, DLQ)")
+    p.add_argument("handler", help="handler module:attr (an IdempotentEventHandler)")
+    p.set_defaults(func=cmd_handle)
 
     p = sub.add_parser("wait", help="wait until a projection has applied a position")
     p.add_argument("--projection", required=True, help="projection name")

@@ -49,3 +49,9 @@ def test_a_dead_database_is_reported_not_a_traceback(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "StoreUnavailable" in err
     assert str(port) in err
+
+
+def test_a_handler_reference_must_be_an_idempotent_handler(monkeypatch, capsys):
+    monkeypatch.setenv("APP_DSN", "postgresql://u@127.0.0.1/db")
+    assert main(["handle", "projections:ProductViewProjection"]) == 2
+    assert "not an IdempotentEventHandler" in capsys.readouterr().err
