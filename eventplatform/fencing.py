@@ -19,15 +19,21 @@ any failure the relay moves its position up to the last notification the stream 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
-from nats.js import JetStreamContext
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
 
 from eventplatform.cloudevents import MSG_ID_HEADER
 from eventplatform.errors import BrokerUnavailable, PublishError
+from eventplatform.nats_broker import OutgoingMessage
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +45,123 @@ FENCE_ERROR_CODES = frozenset({10070, 10071})
 MAX_SCAN = 10_000
 
 
+class Refused(PublishError):
+    """JetStream answered a publish with an error.
+
+    Attributes:
+        code: the HTTP-like status (400, 503...).
+        err_code: JetStream's own error code (10070: wrong last msg id, ...).
+    """
+
+    def __init__(self, message: str, *, code: int | None, err_code: int | None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.err_code = err_code
+
+
 def is_fence_error(e: BaseException) -> bool:
     """Whether ``e`` (or its cause) is JetStream refusing a message's expected-last header."""
     current: BaseException | None = e
     while current is not None:
+        if isinstance(current, Refused) and current.err_code in FENCE_ERROR_CODES:
+            return True
         if isinstance(current, nats.js.errors.APIError) and current.err_code in FENCE_ERROR_CODES:
             return True
         current = current.__cause__
     return False
+
+
+class FencedPublisher:
+    """Publishes a batch pipelined and reads every message's ack, refusals included.
+
+    Not ``JetStreamContext.publish_async``: in nats-py 2.16 its reply handler *raises* the
+    API error (``APIError.from_error`` raises instead of returning) inside the subscription
+    callback, so a refused message's future never completes and a fence refusal looks like a
+    lost ack (a full ack timeout). Here each batch gets its own reply subject per message and
+    the answers are parsed here.
+
+    Args:
+        nc: a connected NATS client.
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+
+    async def publish_batch(
+        self, messages: Sequence[OutgoingMessage], *, timeout: float = 10.0
+    ) -> list[api.PubAck]:
+        """Publishes ``messages`` back to back and waits until each is answered.
+
+        Returns:
+            The acks, in order.
+
+        Raises:
+            Refused: JetStream refused a message (the earliest refusal; the later messages
+                of the batch were refused too when it is a fence refusal).
+            BrokerUnavailable: not every answer arrived in time, or the connection failed.
+        """
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[api.PubAck]] = [loop.create_future() for _ in messages]
+        prefix = self._nc.new_inbox()
+
+        async def on_reply(msg: Msg) -> None:
+            index = int(msg.subject.rpartition(".")[2])
+            if 0 <= index < len(futures) and not futures[index].done():
+                _settle(futures[index], msg, messages[index].msg_id)
+
+        try:
+            sub = await self._nc.subscribe(f"{prefix}.*", cb=on_reply)
+        except (nats.errors.Error, OSError) as e:
+            msg = f"NATS unavailable while publishing {len(messages)} messages: {e!r}"
+            raise BrokerUnavailable(msg) from e
+        try:
+            for i, m in enumerate(messages):
+                headers = {MSG_ID_HEADER: m.msg_id}
+                if m.headers:
+                    headers.update(m.headers)
+                await self._nc.publish(m.subject, m.body, reply=f"{prefix}.{i}", headers=headers)
+            async with asyncio.timeout(timeout):
+                for future in futures:  # in order: the earliest refusal is raised
+                    await asyncio.wait([future])
+                    if future.exception() is not None:
+                        break
+                return [f.result() for f in futures]
+        except (TimeoutError, nats.errors.Error, OSError) as e:
+            msg = f"JetStream did not acknowledge {len(messages)} messages: {e!r}"
+            raise BrokerUnavailable(msg) from e
+        finally:
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()  # mark retrieved
+            try:
+                await sub.unsubscribe()
+            except (nats.errors.Error, OSError):
+                logger.debug("unsubscribing the ack inbox failed", exc_info=True)
+
+
+def _settle(future: asyncio.Future[api.PubAck], msg: Msg, msg_id: str) -> None:
+    if msg.headers and msg.headers.get("Status") == "503":
+        future.set_exception(BrokerUnavailable(f"no JetStream stream answered {msg_id}"))
+        return
+    try:
+        resp = json.loads(msg.data)
+    except ValueError:
+        future.set_exception(BrokerUnavailable(f"unreadable ack for {msg_id}: {msg.data!r}"))
+        return
+    error = resp.get("error")
+    if error:
+        description = error.get("description", "")
+        future.set_exception(
+            Refused(
+                f"JetStream refused {msg_id}: {description}",
+                code=error.get("code"),
+                err_code=error.get("err_code"),
+            )
+        )
+        return
+    future.set_result(api.PubAck.from_response(resp))
 
 
 def fence_headers(previous_msg_id: str | None, last_sequence: int | None) -> dict[str, str]:

@@ -27,7 +27,7 @@ from typing import Protocol
 from eventplatform import cloudevents
 from eventplatform.errors import BrokerUnavailable, EventPlatformError, PublishError
 from eventplatform.event_log import Notification, PostgresEventLog
-from eventplatform.fencing import fence_headers, is_fence_error, read_tail
+from eventplatform.fencing import FencedPublisher, fence_headers, is_fence_error, read_tail
 from eventplatform.nats_broker import NatsBroker, OutgoingMessage
 from eventplatform.positions import PostgresRelayPositions
 from eventplatform.retry import backoff, sleep_or_stop
@@ -233,7 +233,8 @@ class Relay:
         duplicates = 0
         if messages:
             self._check_lease()
-            acks = await self._broker.publish_batch(messages, timeout=self._config.ack_timeout)
+            publisher = FencedPublisher(self._broker.nc)
+            acks = await publisher.publish_batch(messages, timeout=self._config.ack_timeout)
             duplicates = sum(1 for a in acks if a.duplicate)
             # A duplicate means someone else published that message: re-read the tail.
             self._last_sequence = None if duplicates else int(acks[-1].seq)

@@ -1,4 +1,4 @@
-"""Where everything is: log heads, relay positions and projection positions, with lag."""
+"""Where everything is: log heads, relay positions and leaders, projection positions, lag."""
 
 from __future__ import annotations
 
@@ -11,18 +11,38 @@ from psycopg import sql
 
 from eventplatform.errors import SchemaError
 from eventplatform.postgres import connect, translate
-from eventplatform.schema import RELAY_POSITIONS, TRACKING, events_table
+from eventplatform.schema import (
+    RELAY_LEASES,
+    RELAY_POSITIONS,
+    TRACKING,
+    UNROUTED_EVENTS,
+    events_table,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class LogStatus:
-    """A log: its head and how far the relay got."""
+    """A log: its head, how far the relay got, who leads it and since when.
+
+    Attributes:
+        leader: the holder id (``host:pid:random``) of the live relay lease, None when no
+            relay leads (none running, or the last one's lease expired).
+        leader_since: when that relay took the lease (ISO 8601).
+        lease_expires_at: when its lease runs out unless renewed.
+        lease_token: the current fencing token (grows with every takeover).
+        unrouted: events whose topic mapped to no subject (recorded, not published).
+    """
 
     log: str
     head: int
     relay_position: int
     relay_lag: int
     relay_updated_at: str | None
+    leader: str | None = None
+    leader_since: str | None = None
+    lease_expires_at: str | None = None
+    lease_token: int | None = None
+    unrouted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +88,7 @@ def read_status(dsn: str, logs: list[str]) -> PlatformStatus:
                 )
                 row = cur.fetchone()
                 position = int(row[0]) if row else 0
+                leader, since, expires, token = _leader(cur, log)
                 status.logs.append(
                     LogStatus(
                         log=log,
@@ -75,6 +96,11 @@ def read_status(dsn: str, logs: list[str]) -> PlatformStatus:
                         relay_position=position,
                         relay_lag=max(0, heads[log] - position),
                         relay_updated_at=row[1].isoformat() if row else None,
+                        leader=leader,
+                        leader_since=since,
+                        lease_expires_at=expires,
+                        lease_token=token,
+                        unrouted=_unrouted(cur, log),
                     )
                 )
             cur.execute(
@@ -110,5 +136,33 @@ def _head(cur: psycopg.Cursor[Any], log: str) -> int:
     except psycopg.errors.UndefinedTable as e:
         msg = f"log {log!r} has no table {events_table(log)!r}: run 'eventplatform schema' first"
         raise SchemaError(msg) from e
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _leader(
+    cur: psycopg.Cursor[Any], log: str
+) -> tuple[str | None, str | None, str | None, int | None]:
+    cur.execute(
+        sql.SQL(
+            "SELECT holder, acquired_at, expires_at, token, expires_at > now() FROM {}"
+            " WHERE log = %s"
+        ).format(sql.Identifier(RELAY_LEASES)),
+        (log,),
+    )
+    row = cur.fetchone()
+    if row is None:
+        return None, None, None, None
+    holder, since, expires, token, live = row
+    if not live:
+        return None, None, expires.isoformat(), int(token)
+    return holder, since.isoformat(), expires.isoformat(), int(token)
+
+
+def _unrouted(cur: psycopg.Cursor[Any], log: str) -> int:
+    cur.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE log = %s").format(sql.Identifier(UNROUTED_EVENTS)),
+        (log,),
+    )
     row = cur.fetchone()
     return int(row[0]) if row else 0
