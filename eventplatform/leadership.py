@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -129,6 +129,26 @@ def new_holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+class LeaseStore(Protocol):
+    """Where leases live: a Protocol so the leadership logic is tested against a fake."""
+
+    async def try_acquire(self, log: str, holder: str, ttl: float) -> Lease | None:
+        """Takes the lease if free, expired or ``holder``'s own; None otherwise."""
+        ...
+
+    async def renew(self, lease: Lease, ttl: float) -> bool:
+        """Extends ``lease``; False when its token is no longer current."""
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Expires ``lease`` now."""
+        ...
+
+    async def current(self, log: str) -> LeaseHolder | None:
+        """Who holds (or last held) the lease of ``log``."""
+        ...
+
+
 _T = sql.Identifier(RELAY_LEASES)
 
 
@@ -215,7 +235,7 @@ class Leadership:
     """Waits for a log's lease as a standby, then keeps it and says when it is lost.
 
     Args:
-        leases: the lease table.
+        leases: the lease store (:class:`PostgresLeases`).
         log: the log to lead.
         holder: this process's holder id (default :func:`new_holder_id`).
         config: timing.
@@ -224,7 +244,7 @@ class Leadership:
 
     def __init__(
         self,
-        leases: PostgresLeases,
+        leases: LeaseStore,
         log: str,
         *,
         holder: str | None = None,
