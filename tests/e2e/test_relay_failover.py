@@ -188,3 +188,41 @@ def test_killing_the_leader_repeatedly_during_a_load_loses_and_repeats_nothing(s
         writing.clear()
         relays.close()
         app.close()
+
+
+def test_a_hung_leader_is_replaced_and_steps_down_when_it_wakes_up(settings):
+    relays = Relays(settings)
+    app = Products(settings)
+    try:
+        relays.spawn()
+        pid, token = wait_for_leader(settings.dsn)
+        relays.spawn()
+        first = [
+            app.create(CreateProduct(name=f"A{i}", sku=f"A{i}", price=Decimal(1))).position
+            for i in range(50)
+        ]
+        wait_for_position(settings.dsn, first[-1])
+        hung = relays.by_pid(pid)
+        hung.send_signal(signal.SIGSTOP)  # hangs: no renewal, no crash, connections open
+        new_pid, _ = wait_for_leader(settings.dsn, newer_than=token)
+        assert new_pid != pid
+        more = [
+            app.create(CreateProduct(name=f"B{i}", sku=f"B{i}", price=Decimal(1))).position
+            for i in range(50)
+        ]
+        wait_for_position(settings.dsn, more[-1])
+        hung.send_signal(signal.SIGCONT)  # wakes up late, believing it still leads
+        last = [
+            app.create(CreateProduct(name=f"C{i}", sku=f"C{i}", price=Decimal(1))).position
+            for i in range(50)
+        ]
+        wait_for_position(settings.dsn, last[-1])
+        current = lease(settings.dsn)
+        assert current is not None
+        assert current[0] == new_pid, "the woken relay took the lease back"
+        sequences = asyncio.run(stream_sequences(settings.nats_url, settings.stream))
+        assert sequences == first + more + last
+        assert hung.poll() is None, "the woken relay should stand by, not exit"
+    finally:
+        relays.close()
+        app.close()
