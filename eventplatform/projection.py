@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
+from uuid import UUID
 
 import psycopg
+from psycopg import sql
+
+from eventplatform.errors import ConfigurationError
 
 
 class Projection(ABC):
@@ -18,6 +23,12 @@ class Projection(ABC):
     inside one transaction, in pipeline mode, together with the tracking update: write with
     the given cursor only, and never commit.
 
+    Rebuilds (:mod:`eventplatform.rebuild`) drive a copy of the projection made with
+    :meth:`for_table` into a shadow table, with :attr:`replaying` set: a projection that
+    does anything besides writing its tables (metrics, caches) asks it and stays quiet.
+    ``version`` names the read model's shape and meaning; raise it when ``apply`` changes
+    what it writes, and rebuild (``eventplatform rebuild``) to serve the new version.
+
     Args:
         table: the read-model table to write (default: ``default_table``); rebuilds pass a
             shadow table here.
@@ -27,9 +38,53 @@ class Projection(ABC):
     version: ClassVar[int] = 1
     event_classes: ClassVar[Sequence[type[Any]]] = ()
     default_table: ClassVar[str] = ""
+    #: Column holding the aggregate id of each row: enables ``rebuild --aggregate``.
+    aggregate_column: ClassVar[str] = ""
+    #: True while a rebuild replays the event store into this instance.
+    replaying: bool = False
 
     def __init__(self, *, table: str | None = None) -> None:
         self.table = table or self.default_table or self.name
+
+    def for_table(self, table: str, *, replaying: bool = True) -> Projection:
+        """A shallow copy of this projection writing ``table`` (how rebuilds get a shadow)."""
+        twin = copy.copy(self)
+        twin.table = table
+        twin.replaying = replaying
+        return twin
+
+    def delete_aggregate(self, cur: psycopg.Cursor[Any], aggregate_id: UUID) -> None:
+        """Deletes one aggregate's rows before ``rebuild --aggregate`` replays its events.
+
+        The default deletes the rows of :attr:`table` whose :attr:`aggregate_column` equals
+        ``aggregate_id``; override it for read models spread over several tables.
+
+        Raises:
+            ConfigurationError: the projection declares no ``aggregate_column``.
+        """
+        if not self.aggregate_column:
+            msg = (
+                f"projection {self.name!r} declares no aggregate_column: it cannot rebuild "
+                "one aggregate's rows (set aggregate_column or override delete_aggregate)"
+            )
+            raise ConfigurationError(msg)
+        cur.execute(
+            sql.SQL("DELETE FROM {} WHERE {} = %s").format(
+                sql.Identifier(self.table), sql.Identifier(self.aggregate_column)
+            ),
+            (aggregate_id,),
+        )
+
+    def compare(
+        self, cur: psycopg.Cursor[Any], live: str, shadow: str, limit: int
+    ) -> list[str] | None:
+        """A user-supplied comparison of a rebuilt table with the live one, at one position.
+
+        Returns:
+            None to use the default (row counts and an ordered checksum); otherwise the keys
+            (described as text) of up to ``limit`` rows that differ, empty when equal.
+        """
+        return None
 
     @abstractmethod
     def create_tables(self, cur: psycopg.Cursor[Any]) -> None:

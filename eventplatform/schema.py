@@ -35,6 +35,7 @@ PROCESSED_EVENTS = "eventplatform_processed_events"
 PARKED_EVENTS = "eventplatform_parked_events"
 RELAY_LEASES = "eventplatform_relay_leases"
 UNROUTED_EVENTS = "eventplatform_unrouted_events"
+PROJECTION_VERSIONS = "eventplatform_projection_versions"
 
 _PLATFORM_TABLES = [
     sql.SQL(
@@ -116,6 +117,13 @@ _PLATFORM_TABLES = [
         " recorded_at timestamptz NOT NULL DEFAULT now(),"
         " PRIMARY KEY (log, notification_id))"
     ).format(sql.Identifier(UNROUTED_EVENTS)),
+    # The version serving each projection's read model (issue 5): see versions.py.
+    sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} ("
+        " projection text PRIMARY KEY,"
+        " version integer NOT NULL,"
+        " updated_at timestamptz NOT NULL DEFAULT now())"
+    ).format(sql.Identifier(PROJECTION_VERSIONS)),
 ]
 
 

@@ -12,6 +12,7 @@ from psycopg import sql
 from eventplatform.errors import SchemaError
 from eventplatform.postgres import connect, translate
 from eventplatform.schema import (
+    PROJECTION_VERSIONS,
     RELAY_LEASES,
     RELAY_POSITIONS,
     TRACKING,
@@ -54,6 +55,7 @@ class ProjectionStatus:
     position: int
     lag: int
     updated_at: str | None
+    version: int | None = None  # serving version (issue 5), None when unrecorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +107,11 @@ def read_status(dsn: str, logs: list[str]) -> PlatformStatus:
                 )
             cur.execute(
                 sql.SQL(
-                    "SELECT projection, log, position, updated_at FROM {} ORDER BY 1, 2"
-                ).format(sql.Identifier(TRACKING))
+                    "SELECT t.projection, t.log, t.position, t.updated_at, v.version FROM {} t"
+                    " LEFT JOIN {} v ON v.projection = t.projection ORDER BY 1, 2"
+                ).format(sql.Identifier(TRACKING), sql.Identifier(PROJECTION_VERSIONS))
             )
-            for projection, log, position, updated_at in cur.fetchall():
+            for projection, log, position, updated_at, version in cur.fetchall():
                 head = heads.get(log)
                 if head is None:
                     head = heads[log] = _head(cur, log)
@@ -119,6 +122,7 @@ def read_status(dsn: str, logs: list[str]) -> PlatformStatus:
                         position=int(position),
                         lag=max(0, head - int(position)),
                         updated_at=updated_at.isoformat(),
+                        version=version,
                     )
                 )
     except psycopg.OperationalError as e:

@@ -49,6 +49,7 @@ from eventplatform.postgres import translate
 from eventplatform.projection import Projection
 from eventplatform.retry import RetryPolicy, Sleep, is_transient
 from eventplatform.tracking import PostgresTracking, TrackedPosition
+from eventplatform.versions import adopt_version
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +261,8 @@ class ProjectionWorker:
         try:
             with self._pool.connection() as conn, conn.cursor() as cur:
                 positions = self._tracking.all(cur, self.projection.name)
+            with self._pool.connection() as conn:
+                adopt_version(conn, self.projection)  # warns when a rebuild is due
         except psycopg.OperationalError as e:
             raise translate(e, f"loading positions of {self.projection.name!r}") from e
         return positions
