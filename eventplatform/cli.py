@@ -139,9 +139,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             f"{log.log:<20} {log.head:>10} {log.relay_position:>10} {log.relay_lag:>8}"
             f"  {log.relay_updated_at or '-'}"
         )
-    print(f"\n{'projection':<20} {'log':<12} {'position':>10} {'lag':>8}  updated")
+    print(f"\n{'projection':<20} {'log':<12} {'position':>10} {'lag':>8} {'version':>7}  updated")
     for p in status.projections:
-        print(f"{p.projection:<20} {p.log:<12} {p.position:>10} {p.lag:>8}  {p.updated_at or '-'}")
+        print(
+            f"{p.projection:<20} {p.log:<12} {p.position:>10} {p.lag:>8}"
+            f" {p.version if p.version is not None else '-':>7}  {p.updated_at or '-'}"
+        )
     return 0
 
 
@@ -203,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eventplatform.cli_dlq import add_dlq_parser
 
     add_dlq_parser(sub)  # dlq list | show ID | retry ID|--all | discard ID
+    from eventplatform.cli_rebuild import add_rebuild_parser
+
+    add_rebuild_parser(sub)  # rebuild PROJECTION [--verify-only] [--aggregate ID] [--from POS]
     return parser
 
 
