@@ -430,3 +430,45 @@ def test_rebuilding_a_projection_without_its_table_says_run_schema(settings):
     with pytest.raises(Exception, match="run 'eventplatform schema'"):
         rebuild(settings.dsn, Missing())
     assert shadow_table(Missing()) == "missing_table__rebuild"
+
+
+def test_a_topic_filter_reads_only_those_topics(settings, app):
+    from eventsourcing.utils import get_topic
+
+    _, last = seed(app, 6)
+    set_live_position(settings.dsn, "event_counts", last)
+    only_created = RebuildOptions(topics=[get_topic(Product.Created)], verify_only=True)
+
+    report = rebuild(settings.dsn, EventCounts(), only_created)
+
+    assert report.events == 6
+    assert report.position == last
+    assert report.comparison is not None
+    assert report.comparison.shadow_rows == 6
+    assert set(rows(settings.dsn, "event_counts__rebuild")) == {
+        (aggregate, 1, 1) for aggregate, version in store_events(settings.dsn) if version == 1
+    }
+
+
+@pytest.mark.asyncio
+async def test_a_worker_newer_than_the_serving_version_tells_the_operator_to_rebuild(
+    settings, app, caplog
+):
+    _, last = seed(app, 2)
+    await project_until(settings, ProductViewProjection(), last)  # records version 1
+    caplog.set_level("WARNING", logger="eventplatform.versions")
+
+    newer = app.rename(RenameProduct(product_id=app_products(settings)[0], name="z")).position
+    await project_until(settings, ShoutingProductViewV2(), newer)
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "eventplatform.versions"]
+    assert any(
+        "is version 2 but its read model was built by version 1" in w
+        and "eventplatform rebuild" in w
+        for w in warnings
+    )
+
+
+def app_products(settings) -> list[Any]:
+    with psycopg.connect(settings.dsn) as conn:
+        return [r[0] for r in conn.execute("SELECT id FROM product_view ORDER BY name")]
