@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -138,6 +139,7 @@ async def _relay_broker_ready(broker: NatsBroker, settings: Settings, stop: asyn
     while not stop.is_set():
         try:
             if not connected:
+                await _probe(settings.nats_servers)
                 await broker.connect()
                 connected = True
             await broker.ensure_stream(stream_spec(settings))
@@ -148,8 +150,35 @@ async def _relay_broker_ready(broker: NatsBroker, settings: Settings, stop: asyn
             failures += 1
             if failures == 1:
                 logger.warning("relay cannot reach NATS: %s; retrying", e)
-            await sleep_or_stop(stop, backoff(failures, 0.2, 5.0))
+            await sleep_or_stop(stop, backoff(failures, 0.2, 2.0))
     return False
+
+
+async def _probe(servers: list[str], timeout: float = 1.0) -> None:
+    """Raises unless some server accepts a TCP connection.
+
+    nats-py retries a refused *first* connection forever inside ``connect()`` (with
+    ``max_reconnect_attempts=-1``) and does not honour cancellation there, so a relay started
+    while NATS is down could never be stopped. Probing first keeps the wait in our hands.
+
+    Raises:
+        BrokerUnavailable: no server answered.
+    """
+    for url in servers:
+        parsed = urlsplit(url)
+        try:
+            async with asyncio.timeout(timeout):
+                _, writer = await asyncio.open_connection(
+                    parsed.hostname or "127.0.0.1", parsed.port or 4222
+                )
+        except (OSError, TimeoutError):
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+    msg = f"no NATS server accepts connections at {', '.join(servers)}"
+    raise BrokerUnavailable(msg)
 
 
 async def _connect(dsn: str, what: str) -> psycopg.AsyncConnection[Any]:

@@ -173,3 +173,65 @@ async def test_a_dropped_listen_connection_is_replaced_and_relaying_resumes(
         stop.set()
         await asyncio.wait_for(relay, timeout=30)
     assert await stream_sequences(nats_url, settings.stream) == first + more
+
+
+async def test_an_event_whose_notify_was_lost_is_relayed_by_the_re_poll(
+    database_dsn, nats_url, unique_name
+):
+    settings = settings_for(database_dsn, nats_url, unique_name)
+    stop = asyncio.Event()
+    relay = asyncio.create_task(run_relay(settings, stop, lease=LeaseConfig(ttl=1.0)))
+    try:
+        first = create_products(settings, 1, "A")
+        await until_position(database_dsn, first[-1])
+        # Written without the recorder's NOTIFY: only the timed re-poll can find it.
+        with psycopg.connect(database_dsn) as conn:
+            row = conn.execute(
+                "INSERT INTO products_events (originator_id, originator_version, topic, state)"
+                " VALUES (gen_random_uuid(), 1, 'Product.Created', %s) RETURNING notification_id",
+                (b'{"name":"silent"}',),
+            ).fetchone()
+        assert row is not None
+        await until_position(database_dsn, int(row[0]), timeout=5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(relay, timeout=30)
+    assert await stream_sequences(nats_url, settings.stream) == [*first, int(row[0])]
+
+
+def count(caplog: pytest.LogCaptureFixture, text: str) -> int:
+    return sum(text in r.getMessage() for r in caplog.records if r.name == "eventplatform.runtime")
+
+
+async def test_nats_down_at_start_is_retried_logged_once_and_resumed(
+    database_dsn, embedded_nats, unique_name, caplog
+):
+    settings = settings_for(database_dsn, embedded_nats.url, unique_name)
+    positions = create_products(settings, 3, "A")
+    embedded_nats.stop()
+    stop = asyncio.Event()
+    with caplog.at_level("INFO", logger="eventplatform.runtime"):
+        relay = asyncio.create_task(run_relay(settings, stop, lease=LeaseConfig(ttl=1.0)))
+        try:
+            await asyncio.sleep(2.5)  # the outage lasts: nats-py retries every 0.5 s meanwhile
+            assert count(caplog, "relay cannot reach NATS") == 1
+            await asyncio.to_thread(embedded_nats.start)
+            await until_position(database_dsn, positions[-1])
+        finally:
+            stop.set()
+            await asyncio.wait_for(relay, timeout=30)
+    assert count(caplog, "relay cannot reach NATS") == 1
+    assert count(caplog, "relay reached NATS after") == 1
+
+
+async def test_a_relay_waiting_for_nats_stops_promptly_when_told(
+    database_dsn, embedded_nats, unique_name
+):
+    settings = settings_for(database_dsn, embedded_nats.url, unique_name)
+    embedded_nats.stop()
+    stop = asyncio.Event()
+    relay = asyncio.create_task(run_relay(settings, stop))
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.wait_for(relay, timeout=3)
+    assert relay.exception() is None
