@@ -47,7 +47,13 @@ class Projection(ABC):
         self.table = table or self.default_table or self.name
 
     def for_table(self, table: str, *, replaying: bool = True) -> Projection:
-        """A shallow copy of this projection writing ``table`` (how rebuilds get a shadow)."""
+        """A shallow copy of this projection writing ``table`` (how rebuilds get a shadow).
+
+        :meth:`create_tables` must then create everything under names derived from
+        ``self.table`` (indexes included, or left to PostgreSQL to name): a fixed index name
+        would already exist on the live table, and ``IF NOT EXISTS`` would silently leave the
+        shadow without it.
+        """
         twin = copy.copy(self)
         twin.table = table
         twin.replaying = replaying

@@ -49,7 +49,8 @@ multiset of rows.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
@@ -62,7 +63,12 @@ from eventplatform.errors import ConfigurationError, ProjectionError
 from eventplatform.postgres import connect, translate
 from eventplatform.progress import NoProgress, Progress
 from eventplatform.projection import Projection
-from eventplatform.replay import PostgresLogReader, StoredEventDecoder, apply_rows, replay_batch
+from eventplatform.replay import (
+    PostgresLogReader,
+    StoredEventDecoder,
+    apply_rows,
+    replay_batch,
+)
 from eventplatform.schema import TRACKING
 from eventplatform.tracking import PostgresTracking
 from eventplatform.verify import Comparison, compare_tables
@@ -240,12 +246,33 @@ def rebuild(
         with connect(dsn) as conn:
             _require_table(conn, projection.table)
             if options.aggregate is not None:
-                return _rebuild_aggregate(conn, projection, reader, decoder, options)
-            return _Rebuild(conn, projection, reader, decoder, options, progress, stop).run()
+                from eventplatform.rebuild_aggregate import rebuild_aggregate
+
+                return rebuild_aggregate(conn, projection, reader, decoder, options)
+            with _exclusive(conn, projection):
+                return _Rebuild(conn, projection, reader, decoder, options, progress, stop).run()
     except psycopg.OperationalError as e:
         raise translate(e, f"rebuilding {projection.name!r}") from e
     finally:
         progress.close()
+
+
+@contextmanager
+def _exclusive(conn: psycopg.Connection[Any], projection: Projection) -> Iterator[None]:
+    """One rebuild per projection at a time (a session lock, gone with a dead session)."""
+    key = f"eventplatform.rebuild:{projection.name}"
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,))
+        row = cur.fetchone()
+    if not (row and row[0]):
+        msg = f"another rebuild of {projection.name!r} is running; wait for it to finish"
+        raise RebuildError(msg)
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
 
 def _require_table(conn: psycopg.Connection[Any], table: str) -> None:
@@ -344,7 +371,10 @@ class _Rebuild:
                 self.tracking.record(cur, self.key, log, start)
             position = self.tracking.get(cur, self.key, log).position
         if position:
-            self.report.notes.append(f"resumed the shadow at position {position}")
+            self.report.notes.append(
+                f"resumed the shadow at position {position}"
+                " (use --restart if the projection's code changed since it was built)"
+            )
         return position
 
     def _live_position(self) -> int:
@@ -445,77 +475,3 @@ def _rename(cur: psycopg.Cursor[Any], table: str, to: str) -> None:
                     sql.Identifier(index), sql.Identifier(to + index[len(table) :])
                 )
             )
-
-
-class _Rollback(Exception):
-    pass
-
-
-def _rebuild_aggregate(
-    conn: psycopg.Connection[Any],
-    projection: Projection,
-    reader: PostgresLogReader,
-    decoder: StoredEventDecoder,
-    options: RebuildOptions,
-) -> RebuildReport:
-    aggregate = options.aggregate
-    assert aggregate is not None
-    if not projection.aggregate_column:
-        msg = (
-            f"projection {projection.name!r} declares no aggregate_column: "
-            "it cannot rebuild one aggregate's rows"
-        )
-        raise ConfigurationError(msg)
-    report = RebuildReport(
-        projection.name, projection.table, projection.table, version=projection.version
-    )
-    target_projection = projection.for_table(projection.table)
-    live = sql.Identifier(projection.table)
-    select_rows = sql.SQL("SELECT t::text FROM {} AS t WHERE {} = %s ORDER BY 1").format(
-        live, sql.Identifier(projection.aggregate_column)
-    )
-    try:
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}").format(
-                    sql.Literal(f"{int(options.lock_timeout * 1000)}ms")
-                )
-            )
-            # Against writers only: the worker waits, readers see before or after.
-            cur.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(live))
-            position = PostgresTracking().get(cur, projection.name, reader.log).position
-            cur.execute(select_rows, (aggregate,))
-            before = [str(r[0]) for r in cur.fetchall()]
-            target_projection.delete_aggregate(cur, aggregate)
-            rows = reader.read_aggregate(cur, aggregate, position)
-            apply_rows(conn, cur, target_projection, decoder, rows)
-            cur.execute(select_rows, (aggregate,))
-            after = [str(r[0]) for r in cur.fetchall()]
-            differing = [f"{r} (only live)" for r in before if r not in after] + [
-                f"{r} (only rebuilt)" for r in after if r not in before
-            ]
-            serving = PostgresProjectionVersions().serving(cur, projection.name)
-            report.position, report.events, report.serving_version = position, len(rows), serving
-            report.comparison = Comparison(
-                len(before),
-                len(after),
-                differing=differing[: options.differences],
-                differing_count=len(differing),
-            )
-            report.expected_differences = bool(differing) and serving not in (
-                None,
-                projection.version,
-            )
-            keep = not options.verify_only and (
-                not differing or options.accept or report.expected_differences
-            )
-            if not keep:
-                raise _Rollback
-            report.swapped = True
-            report.notes.append(f"aggregate {aggregate}: {len(rows)} events replayed in place")
-    except _Rollback:
-        pass
-    except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as e:
-        msg = f"could not lock {projection.table!r} within {options.lock_timeout}s ({e}): retry"
-        raise RebuildError(msg) from e
-    return report
