@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 import pytest_asyncio
 
 from domain import CreateProduct, Products
+from eventplatform.cli import main
 from eventplatform.errors import PublishError
 from eventplatform.event_log import PostgresEventLog
 from eventplatform.fencing import FencedPublisher, is_fence_error
@@ -249,7 +251,7 @@ async def leader_of(dsn: str) -> str | None:
             await asyncio.sleep(0.05)
 
 
-async def test_status_shows_the_leader_and_since_when(settings):
+async def test_status_shows_the_leader_and_since_when(settings, monkeypatch, capsys):
     stop = asyncio.Event()
     relay = asyncio.create_task(run_relay(settings, stop, holder="relay-under-test"))
     try:
@@ -257,6 +259,13 @@ async def test_status_shows_the_leader_and_since_when(settings):
         status = read_status(settings.dsn, ["products"]).logs[0]
         assert status.leader_since is not None
         assert status.lease_token == 1
+
+        monkeypatch.setenv("APP_DSN", settings.dsn)
+        assert await asyncio.to_thread(main, ["--log-level", "ERROR", "status"]) == 0
+        assert f"leader: relay-under-test since {status.leader_since}" in capsys.readouterr().out
+        assert await asyncio.to_thread(main, ["--log-level", "ERROR", "status", "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)["logs"][0]
+        assert (shown["leader"], shown["leader_since"]) == ("relay-under-test", status.leader_since)
     finally:
         stop.set()
         await asyncio.wait_for(relay, timeout=10)
