@@ -72,6 +72,11 @@ class StoredEventDecoder:
             DecodeError: the stored state does not fit its class; names the notification.
         """
         if row.topic not in self._classes:
+            try:
+                data = orjson.loads(row.state)
+            except orjson.JSONDecodeError as e:
+                msg = f"stored state of {self._log}:{row.notification_id} is not JSON: {e}"
+                raise DecodeError(msg) from e
             return CloudEvent(
                 id=event_id(row.originator_id, row.originator_version),
                 source=self._log,
@@ -79,7 +84,7 @@ class StoredEventDecoder:
                 subject=str(row.originator_id),
                 sequence=row.notification_id,
                 aggregate_version=row.originator_version,
-                data=orjson.loads(row.state),
+                data=data,
             )
         stored = StoredEvent(
             originator_id=row.originator_id,

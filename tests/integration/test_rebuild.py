@@ -54,6 +54,16 @@ class EventCounts(Projection):
         )
 
 
+class SlowEventCounts(EventCounts):
+    """The live instance: each batch sleeps before it writes, so that the handover usually
+    finds a worker transaction in flight that must wait for the swap and then write into
+    the new table."""
+
+    def apply_batch(self, cur: psycopg.Cursor[Any], events: Any) -> None:
+        cur.execute("SELECT pg_sleep(0.05)")
+        super().apply_batch(cur, events)
+
+
 class ShoutingProductView(ProductViewProjection):
     """A deliberately changed projection: names in capitals (same version: a defect)."""
 
@@ -184,7 +194,7 @@ async def test_a_rebuild_under_load_swaps_in_the_fold_of_the_store_and_readers_n
                 seen.append(count)
                 assert (low, high) in ((1, 1), (None, None)), "an event applied twice"
 
-    live = EventCounts()
+    live = SlowEventCounts()
     async with running(settings, live):
         await asyncio.to_thread(
             wait_for,
@@ -238,7 +248,8 @@ async def test_a_rebuild_under_load_swaps_in_the_fold_of_the_store_and_readers_n
     assert {r[2] for r in counts} == {1}
     assert min(seen) >= 1000, "a reader saw an empty or half-built read model"
     assert seen == sorted(seen), "a reader saw rows disappear"
-    assert table_exists(settings.dsn, "event_counts__old")
+    old = rows(settings.dsn, "event_counts__old")
+    assert len(old) < len(counts), "the live worker went on writing into the new table"
     assert not table_exists(settings.dsn, "event_counts__rebuild")
 
 

@@ -110,3 +110,14 @@ def test_a_rebuild_reference_that_is_not_a_projection_is_named(monkeypatch, caps
     monkeypatch.setenv("APP_DSN", "postgresql://u@127.0.0.1/db")
     assert main(["rebuild", "projections:ProductViews"]) == 2
     assert "is not a Projection" in capsys.readouterr().err
+
+
+def test_a_stored_event_that_is_not_json_is_named_by_its_position():
+    from eventplatform.errors import DecodeError
+    from eventplatform.replay import StoredEventDecoder, StoredRow
+
+    decoder = StoredEventDecoder([], log="products")
+    with pytest.raises(DecodeError, match="products:7 is not JSON"):
+        decoder.decode(StoredRow(7, uuid4(), 1, "some:Topic", b"\x00encrypted"))
+    envelope = decoder.decode(StoredRow(8, uuid4(), 2, "some:Topic", b'{"a": 1}'))
+    assert (envelope.type, envelope.sequence, envelope.data) == ("some:Topic", 8, {"a": 1})
