@@ -28,6 +28,7 @@ from psycopg import sql
 from eventplatform.cloudevents import CloudEvent, event_id
 from eventplatform.decoding import default_transcoder
 from eventplatform.errors import DecodeError, ProjectionError
+from eventplatform.postgres import connect, translate
 from eventplatform.projection import Projection
 from eventplatform.schema import events_table
 from eventplatform.tracking import PostgresTracking
@@ -207,3 +208,61 @@ def replay_batch(
         if position > after:
             tracking.record(cur, tracking_key, reader.log, position)
     return position, len(rows)
+
+
+def replay_log(
+    dsn: str,
+    projection: Projection,
+    *,
+    log: str,
+    tracking_key: str | None = None,
+    upto: int | None = None,
+    batch_size: int = 5000,
+    topics: Collection[str] | None = None,
+) -> tuple[int, int]:
+    """Replays ``log`` into ``projection.table`` from where ``tracking_key`` stands.
+
+    The bare replay a rebuild is made of, without shadow, verification or swap: for
+    benchmarks, and for filling a new, not yet served table. One transaction per batch.
+
+    Args:
+        dsn: PostgreSQL connection string.
+        projection: writes its ``table`` (create it first: ``create_tables``/``schema``).
+        log: the log to replay.
+        tracking_key: the position's name in the tracking table (default
+            ``<projection name>#replay``); a second call resumes after it.
+        upto: last position to replay (default: the log head when the call starts).
+        batch_size: stored events per transaction.
+        topics: read only these topics (default: all).
+
+    Returns:
+        (position reached, events applied).
+
+    Raises:
+        StoreUnavailable: PostgreSQL could not be reached.
+        DecodeError, ProjectionError: an event could not be decoded or applied.
+    """
+    key = tracking_key or f"{projection.name}#replay"
+    reader = PostgresLogReader(log, topics)
+    decoder = StoredEventDecoder(projection.event_classes, log=log)
+    applied = 0
+    try:
+        with connect(dsn) as conn:
+            with conn.transaction(), conn.cursor() as cur:
+                position = PostgresTracking().get(cur, key, log).position
+                target = reader.head(cur) if upto is None else upto
+            while position < target:
+                position, n = replay_batch(
+                    conn,
+                    reader,
+                    projection,
+                    decoder,
+                    tracking_key=key,
+                    after=position,
+                    upto=target,
+                    limit=batch_size,
+                )
+                applied += n
+    except psycopg.OperationalError as e:
+        raise translate(e, f"replaying {log!r} into {projection.name!r}") from e
+    return position, applied

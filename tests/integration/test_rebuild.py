@@ -495,3 +495,19 @@ def test_a_second_rebuild_of_the_same_projection_is_refused_while_one_runs(setti
         with pytest.raises(RebuildError, match="another rebuild of 'event_counts' is running"):
             rebuild(settings.dsn, EventCounts())
     assert rebuild(settings.dsn, EventCounts()).comparison is not None
+
+
+def test_the_bare_replay_fills_a_table_with_every_event_once_and_resumes(settings, app):
+    from eventplatform.replay import replay_log
+
+    _, last = seed(app, 25)
+    target = EventCounts(table="counted_by_replay")
+    with psycopg.connect(settings.dsn) as conn, conn.cursor() as cur:
+        target.create_tables(cur)
+
+    assert replay_log(settings.dsn, target, log="products", upto=20, batch_size=7) == (20, 20)
+    assert replay_log(settings.dsn, target, log="products", batch_size=7) == (last, last - 20)
+
+    counted = rows(settings.dsn, "counted_by_replay")
+    assert {(r[0], r[1]) for r in counted} == store_events(settings.dsn)
+    assert {r[2] for r in counted} == {1}
