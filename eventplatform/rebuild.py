@@ -44,9 +44,9 @@ projection it drives has ``replaying`` set.
 Known limits: one table per projection (``Projection.table``) is swapped; a projection that
 spreads its read model over several tables must keep the others derived from it (rebuilt via
 ``replay_log`` or a projection per table); only rows and indexes move with the rename (views on
-the live table follow it to ``__old``: recreate them); events the live worker parked or dead-
-lettered show up as differences (the rebuild applies them); a table without a primary key is
-compared as a multiset of rows.
+the live table follow it to ``__old``: recreate them); events the live worker parked or
+dead-lettered show up as differences (the rebuild applies them); a table without a primary key
+is compared as a multiset of rows.
 """
 
 from __future__ import annotations
