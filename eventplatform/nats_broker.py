@@ -78,6 +78,7 @@ class NatsBroker:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._closing = False
+        self._failing = False
 
     @property
     def js(self) -> JetStreamContext:
@@ -221,13 +222,21 @@ class NatsBroker:
                     future.exception()  # mark retrieved: no "never retrieved" warnings
 
     async def _on_error(self, e: Exception) -> None:
-        logger.warning("NATS error: %r", e)
+        # nats-py reports every failed reconnect attempt (twice a second while a server is
+        # down): log the first of an episode, the rest at debug, until a reconnect ends it.
+        if self._failing:
+            logger.debug("NATS error: %r", e)
+            return
+        self._failing = True
+        logger.warning("NATS error: %r (further errors until reconnected are not logged)", e)
 
     async def _on_disconnected(self) -> None:
-        if not self._closing:
+        if not self._closing and not self._failing:
+            self._failing = True
             logger.warning("NATS disconnected; reconnecting")
 
     async def _on_reconnected(self) -> None:
+        self._failing = False
         logger.info("NATS reconnected to %s", self._nc.connected_url if self._nc else "?")
 
 

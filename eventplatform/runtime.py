@@ -109,6 +109,7 @@ async def run_relay(
         max_in_flight=settings.relay_max_in_flight,
     )
     holder = holder or new_holder_id()
+    lease = lease or LeaseConfig(ttl=settings.relay_lease_ttl)
     failures = 0
     try:
         if not await _relay_broker_ready(broker, settings, stop):

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
         relay_batch_size: notifications read and published per relay batch.
         relay_max_in_flight: publishes awaiting an ack at once (backpressure).
         relay_poll_interval: seconds between re-polls when no NOTIFY arrives.
+        relay_lease_ttl: seconds a relay's leadership lease lives unrenewed; a standby takes
+            over within about ``4/3`` of it after the leader dies or hangs.
         projection_batch_size: messages fetched and applied per projection transaction.
         projection_fetch_timeout: seconds a fetch waits for the first message.
         ack_wait: seconds JetStream waits for an ack before redelivering.
@@ -110,6 +112,7 @@ class Settings(BaseSettings):
     relay_batch_size: int = Field(default=1000, ge=1, le=100_000)
     relay_max_in_flight: int = Field(default=4096, ge=1, le=1_000_000)
     relay_poll_interval: float = Field(default=1.0, gt=0, le=3600)
+    relay_lease_ttl: float = Field(default=3.0, gt=0, le=600)
     projection_batch_size: int = Field(default=500, ge=1, le=10_000)
     projection_fetch_timeout: float = Field(default=1.0, gt=0, le=60)
     ack_wait: float = Field(default=30.0, gt=0, le=3600)

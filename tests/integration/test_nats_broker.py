@@ -1,0 +1,35 @@
+"""The NATS adapter: outages are logged once per episode, not once per reconnect attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from eventplatform.nats_broker import NatsBroker
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.asyncio
+async def test_a_nats_outage_is_logged_once_and_its_end_is_logged(embedded_nats, caplog):
+    caplog.set_level(logging.DEBUG, logger="eventplatform.nats_broker")
+    broker = NatsBroker([embedded_nats.url])
+    await broker.connect()
+    try:
+        embedded_nats.stop()
+        await asyncio.sleep(2.0)  # several reconnect attempts at 0.5 s each
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        attempts = [r for r in caplog.records if r.levelno == logging.DEBUG]
+        assert len(warnings) == 1
+        assert attempts, "the later reconnect failures are still kept at debug level"
+        embedded_nats.start()
+        for _ in range(100):
+            if broker.nc.is_connected:
+                break
+            await asyncio.sleep(0.05)
+        assert broker.nc.is_connected
+        assert any("reconnected" in r.getMessage() for r in caplog.records)
+    finally:
+        await broker.close()
