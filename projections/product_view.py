@@ -36,6 +36,7 @@ class ProductViewProjection(Projection):
     name = "product_view"
     version = 1
     default_table = "product_view"
+    aggregate_column = "id"
     event_classes = (
         Product.Created,
         Product.Renamed,

@@ -410,12 +410,31 @@ async def test_one_aggregate_is_rebuilt_in_place_and_only_with_acceptance_when_i
 
 
 def test_an_aggregate_rebuild_needs_an_aggregate_column(settings):
+    class WithoutAggregateColumn(ProductViewProjection):
+        aggregate_column = ""
+
     with pytest.raises(ConfigurationError, match="aggregate_column"):
         rebuild(
             settings.dsn,
-            ProductViewProjection(),
+            WithoutAggregateColumn(),
             RebuildOptions(aggregate=Product.create("a", "b", Decimal(1)).id),
         )
+
+
+@pytest.mark.asyncio
+async def test_the_samples_corrupted_row_is_repaired_from_the_store(settings, app):
+    ids, last = seed(app, 3)
+    await project_until(settings, ProductViewProjection(), last)
+    before = rows(settings.dsn, "product_view")
+    with psycopg.connect(settings.dsn) as conn:
+        conn.execute("UPDATE product_view SET name = 'corrupt' WHERE id = %s", (ids[1],))
+
+    report = rebuild(
+        settings.dsn, ProductViewProjection(), RebuildOptions(aggregate=ids[1], accept=True)
+    )
+
+    assert report.swapped
+    assert rows(settings.dsn, "product_view") == before
 
 
 def test_a_rebuild_from_a_position_replays_only_later_events(settings, app):
