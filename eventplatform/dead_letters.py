@@ -6,12 +6,14 @@ Where they go, and why:
   same transaction that moves the consumer past the message (tracking position, or the
   handler's ack decision), so a message is never acknowledged without a trace: the original
   bytes, headers, error, attempts, and the envelope's ids when it could be read.
-* **The subject** ``<prefix>.dlq.<consumer>`` announces each dead letter to whoever watches
-  (alerting, other languages). It lives in the *same* stream as the events: a second stream on
-  ``<prefix>.dlq.>`` would overlap the event stream's ``<prefix>.>``, which JetStream refuses.
-  Every platform consumer therefore acks and ignores subjects under ``<prefix>.dlq.``.
-  Publishing happens after the commit and is best effort (the table already holds the record);
-  its ``Nats-Msg-Id`` is ``dlq:<consumer>:<id>``, so a republish is dropped by JetStream.
+* **The subject** ``<prefix>_dlq.<consumer>`` announces each dead letter to whoever watches
+  (alerting, other languages), in its own stream ``<STREAM>_DLQ``. It is kept out of the event
+  stream on purpose: a dead letter appended to the event stream would sit between two events
+  of the log, trip the relay's expected-last-message fence, and reach every consumer of the
+  events. ``<prefix>_dlq.>`` does not overlap ``<prefix>.>`` (the token differs), so JetStream
+  accepts both streams. Publishing happens after the commit and is best effort (the table
+  already holds the record); its ``Nats-Msg-Id`` is ``dlq:<consumer>:<id>``, so a republish
+  is dropped by JetStream.
 
 Statuses: ``open`` (waiting for an operator), ``retried`` (replayed successfully),
 ``discarded`` (an operator decided it needs nothing).
@@ -32,6 +34,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from eventplatform.cloudevents import CloudEvent
+from eventplatform.nats_broker import StreamSpec
 from eventplatform.schema import DEAD_LETTERS
 
 logger = logging.getLogger(__name__)
@@ -48,13 +51,29 @@ ID_HEADER = "Eventplatform-Dead-Letter-Id"
 
 
 def dead_letter_subject(prefix: str, consumer: str) -> str:
-    """``<prefix>.dlq.<consumer>`` (the consumer name made a valid subject token)."""
-    return f"{prefix}.dlq.{_UNSAFE.sub('_', consumer)}"
+    """``<prefix>_dlq.<consumer>`` (the consumer name made a valid subject token)."""
+    return f"{prefix}_dlq.{_UNSAFE.sub('_', consumer)}"
 
 
 def is_dead_letter_subject(prefix: str, subject: str) -> bool:
     """Whether ``subject`` is a dead-letter announcement (consumers ack and ignore these)."""
-    return subject.startswith(f"{prefix}.dlq.")
+    return subject.startswith(f"{prefix}_dlq.")
+
+
+def dead_letter_stream(stream: str, prefix: str, *, replicas: int = 1) -> StreamSpec:
+    """The stream that keeps dead-letter announcements: ``<STREAM>_DLQ`` on ``<prefix>_dlq.>``.
+
+    Args:
+        stream: the event stream's name.
+        prefix: the event stream's subject prefix.
+        replicas: as the event stream's.
+    """
+    return StreamSpec(
+        name=f"{stream}_DLQ",
+        subjects=(f"{prefix}_dlq.>",),
+        duplicate_window=120.0,
+        replicas=replicas,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +260,7 @@ class PostgresDeadLetters:
 async def publish_dead_letters(
     js: Any, prefix: str, letters: Sequence[tuple[int, str, str | None, bytes, str, int]]
 ) -> None:
-    """Announces recorded dead letters on ``<prefix>.dlq.<consumer>`` (best effort).
+    """Announces recorded dead letters on ``<prefix>_dlq.<consumer>`` (best effort).
 
     Args:
         js: a JetStream context.
@@ -279,6 +298,7 @@ def _header_value(text: str, limit: int = 1024) -> str:
 __all__ = [
     "DeadLetter",
     "PostgresDeadLetters",
+    "dead_letter_stream",
     "dead_letter_subject",
     "is_dead_letter_subject",
     "publish_dead_letters",

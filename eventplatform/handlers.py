@@ -40,6 +40,7 @@ from eventplatform.cloudevents import CloudEvent
 from eventplatform.dead_letters import (
     DeadLetter,
     PostgresDeadLetters,
+    dead_letter_stream,
     is_dead_letter_subject,
     publish_dead_letters,
 )
@@ -253,7 +254,7 @@ class ConsumerConfig:
 
     Attributes:
         stream: JetStream stream name.
-        subject_prefix: the stream's subject prefix (dead letters go to ``<prefix>.dlq.*``).
+        subject_prefix: the stream's subject prefix (dead letters go to ``<prefix>_dlq.*``).
         filter_subject: subjects to consume (default ``<prefix>.>``).
         durable: durable consumer name (default: the handler's name, made NATS-safe).
         batch_size: messages per fetch (1..10,000).
@@ -511,6 +512,11 @@ async def run_handler(
     try:
         pool.open(wait=False)
         await broker.ensure_stream(stream_spec(settings))
+        await broker.ensure_stream(
+            dead_letter_stream(
+                settings.stream, settings.subject_prefix, replicas=settings.stream_replicas
+            )
+        )
         consumer = HandlerConsumer(
             handler=handler, broker=broker, pool=pool, config=ConsumerConfig.from_settings(settings)
         )

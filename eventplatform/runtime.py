@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from eventplatform.dead_letters import dead_letter_stream
 from eventplatform.errors import BrokerUnavailable, StoreUnavailable
 from eventplatform.event_log import PostgresEventLog
 from eventplatform.leadership import (
@@ -260,6 +261,11 @@ async def run_projection(
     try:
         pool.open(wait=False)
         await broker.ensure_stream(stream_spec(settings))
+        await broker.ensure_stream(
+            dead_letter_stream(
+                settings.stream, settings.subject_prefix, replicas=settings.stream_replicas
+            )
+        )
         while not stop.is_set():
             try:
                 async with exclusive(dsn, f"eventplatform.projection:{projection.name}", stop):

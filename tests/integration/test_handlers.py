@@ -172,7 +172,9 @@ async def test_a_permanent_failure_is_dead_lettered_at_once_and_the_consumer_goe
     assert "the address is invalid" in error
     assert bytes(body) == event_body("bad", 1, 1)
     assert rows(dsn, "SELECT aggregate FROM effects") == [("good",)]
-    announced = await subject_messages(broker, prefix.upper(), dead_letter_subject(prefix, "h"))
+    announced = await subject_messages(
+        broker, f"{prefix.upper()}_DLQ", dead_letter_subject(prefix, "h")
+    )
     assert len(announced) == 1
     assert announced[0].data == event_body("bad", 1, 1)
     assert "the address is invalid" in announced[0].headers["Eventplatform-Error"]

@@ -148,9 +148,9 @@ async def test_a_stale_expectation_of_the_stream_is_refused_by_the_broker(settin
     first = create_products(settings, 2, "A")
     relay = parts.relay(None)
     assert await relay.relay_once() is not None
-    # Another publisher appends behind this relay's back (a new leader, a dead letter).
+    # Another publisher appends behind this relay's back (e.g. a new leader).
     await parts.broker.js.publish(
-        f"{settings.subject_prefix}.dlq.someone", b"{}", headers={"Nats-Msg-Id": "dlq:x:1"}
+        f"{settings.subject_prefix}.other.publisher", b"{}", headers={"Nats-Msg-Id": "other:1"}
     )
     more = create_products(settings, 2, "B")
     with pytest.raises(PublishError) as refused:

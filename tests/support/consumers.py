@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 
 from eventplatform import cloudevents
+from eventplatform.dead_letters import dead_letter_stream
 from eventplatform.handlers import IdempotentEventHandler
 from eventplatform.nats_broker import NatsBroker, OutgoingMessage, StreamSpec
 from eventplatform.projection import Projection
@@ -48,8 +49,10 @@ async def publish(
 
 
 async def stream_for(broker: NatsBroker, name: str) -> str:
-    """Creates the test's own stream ``NAME`` on ``name.>``; returns the subject prefix."""
+    """Creates the test's own stream ``NAME`` on ``name.>`` and its dead-letter stream;
+    returns the subject prefix."""
     await broker.ensure_stream(StreamSpec(name=name.upper(), subjects=(f"{name}.>",)))
+    await broker.ensure_stream(dead_letter_stream(name.upper(), name))
     return name
 
 
