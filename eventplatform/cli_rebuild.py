@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
+import threading
 from typing import Any
 from uuid import UUID
 
@@ -18,6 +20,8 @@ from eventplatform.errors import ConfigurationError
 from eventplatform.loader import load
 from eventplatform.projection import Projection
 from eventplatform.settings import Settings
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _non_negative(text: str) -> int:
@@ -118,8 +122,14 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
         topics = StoredEventDecoder(projection.event_classes, log=options.log).topics
         options = dataclasses.replace(options, topics=topics)
     progress = StreamProgress(sys.stderr, bar=sys.stderr.isatty())
+    # Ctrl-C / SIGTERM ask the rebuild to stop between batches. A KeyboardInterrupt raised in
+    # the middle of a query would leave psycopg's connection mid-command, and the rollback on
+    # the way out would then fail with "another command is already in progress", hiding the
+    # interrupt behind a database error.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
     try:
-        report = rebuild(dsn, projection, options, progress=progress)
+        report = rebuild(dsn, projection, options, progress=progress, stop=stop)
     except (KeyboardInterrupt, RebuildInterrupted):
         print(
             f"rebuild of {projection.name} interrupted: the live read model is untouched; "
@@ -127,6 +137,9 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     for line in report.lines():
         print(line)
     return 0 if report.ok else 1
