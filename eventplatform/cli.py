@@ -16,8 +16,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from eventplatform.errors import ConfigurationError, EventPlatformError
-from eventplatform.loader import load
-from eventplatform.projection import Projection
+from eventplatform.loader import load, load_projection
 from eventplatform.settings import Settings, load_settings
 
 logger = logging.getLogger("eventplatform")
@@ -44,16 +43,6 @@ configuration (environment):
 """
 
 
-def _projection(reference: str) -> Projection:
-    obj = load(reference, what="projection")
-    if isinstance(obj, type) and issubclass(obj, Projection):
-        return obj()
-    if isinstance(obj, Projection):
-        return obj
-    msg = f"{reference!r} is not a Projection subclass or instance"
-    raise ConfigurationError(msg)
-
-
 def _run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     async def runner() -> None:
         stop = asyncio.Event()
@@ -70,7 +59,7 @@ def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
     from eventplatform.schema import create_schema
 
     logs = args.log or [settings.log]
-    projections = [_projection(ref) for ref in args.projection]
+    projections = [load_projection(ref) for ref in args.projection]
     create_schema(settings.require_dsn(), logs=logs, projections=projections)
     print(
         f"schema ready: logs {', '.join(logs)}"
@@ -93,7 +82,7 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
     from eventplatform.runtime import run_projection
 
     settings.require_dsn()
-    projection = _projection(args.projection)
+    projection = load_projection(args.projection)
     _run_until_signal(lambda stop: run_projection(settings, projection, stop))
     return 0
 

@@ -17,8 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from eventplatform.errors import ConfigurationError
-from eventplatform.loader import load
-from eventplatform.projection import Projection
+from eventplatform.loader import load_projection
 from eventplatform.settings import Settings
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -79,16 +78,6 @@ def add_rebuild_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_rebuild)
 
 
-def _projection(reference: str) -> Projection:
-    obj = load(reference, what="projection")
-    if isinstance(obj, type) and issubclass(obj, Projection):
-        return obj()
-    if isinstance(obj, Projection):
-        return obj
-    msg = f"{reference!r} is not a Projection subclass or instance"
-    raise ConfigurationError(msg)
-
-
 def _aggregate(text: str | None) -> UUID | None:
     if text is None:
         return None
@@ -105,7 +94,7 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from eventplatform.rebuild import RebuildInterrupted, RebuildOptions, rebuild
 
     dsn = settings.require_dsn()
-    projection = _projection(args.projection)
+    projection = load_projection(args.projection)
     options = RebuildOptions(
         log=args.log or settings.log,
         batch_size=args.batch_size,

@@ -34,6 +34,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from eventplatform.cloudevents import CloudEvent
+from eventplatform.errors import EventPlatformError
 from eventplatform.nats_broker import StreamSpec
 from eventplatform.schema import DEAD_LETTERS
 
@@ -245,6 +246,23 @@ class PostgresDeadLetters:
         )
         rows = self._rows(cur)
         return rows[0] if rows else None
+
+    def lock_owned(
+        self, cur: psycopg.Cursor[Any], dead_letter_id: int, consumer: str
+    ) -> DeadLetter:
+        """Locks the dead letter and checks it belongs to ``consumer``.
+
+        Raises:
+            EventPlatformError: no such dead letter, or it belongs to another consumer.
+        """
+        letter = self.lock(cur, dead_letter_id)
+        if letter is None:
+            msg = f"no dead letter with id {dead_letter_id}"
+            raise EventPlatformError(msg)
+        if letter.consumer != consumer:
+            msg = f"dead letter {dead_letter_id} belongs to {letter.consumer!r}, not {consumer!r}"
+            raise EventPlatformError(msg)
+        return letter
 
     @staticmethod
     def _rows(cur: psycopg.Cursor[Any]) -> list[DeadLetter]:

@@ -17,9 +17,8 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from eventplatform.application import CommandResult, EventSourcedApplication
-from eventplatform.cli import _projection
 from eventplatform.errors import CommandRejected, ConfigurationError
-from eventplatform.loader import load
+from eventplatform.loader import load, load_projection
 from eventplatform.relay import RelayedBatch
 from eventplatform.runtime import run_projection, run_relay
 from eventplatform.schema import create_schema
@@ -67,7 +66,7 @@ def run_demo(settings: Settings) -> int:
     if not (isinstance(app_class, type) and issubclass(app_class, EventSourcedApplication)):
         msg = f"{application!r} is not an EventSourcedApplication subclass"
         raise ConfigurationError(msg)
-    view = _projection(SAMPLE_PROJECTION)
+    view = load_projection(SAMPLE_PROJECTION)
     started = time.monotonic()
     print("eventplatform demo: command -> event store (outbox) -> relay -> JetStream -> projection")
     with _servers(settings) as (settings, notes):

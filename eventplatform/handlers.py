@@ -38,9 +38,7 @@ from eventplatform import cloudevents
 from eventplatform.acking import keep_alive
 from eventplatform.cloudevents import CloudEvent
 from eventplatform.dead_letters import (
-    DeadLetter,
     PostgresDeadLetters,
-    dead_letter_stream,
     is_dead_letter_subject,
     publish_dead_letters,
 )
@@ -214,7 +212,7 @@ def retry_dead_letter(
     letters = PostgresDeadLetters()
     try:
         with conn.transaction(), conn.cursor() as cur:
-            letter = _locked_letter(cur, letters, dead_letter_id, handler.name)
+            letter = letters.lock_owned(cur, dead_letter_id, handler.name)
             if letter.status != "open":
                 return "not open"
             try:
@@ -233,19 +231,6 @@ def retry_dead_letter(
         raise failure
     msg = f"dead letter {dead_letter_id} failed again in {handler.name!r}: {failure!r}"
     raise HandlerFailed(msg, letter.attempts + 1) from failure
-
-
-def _locked_letter(
-    cur: psycopg.Cursor[Any], letters: PostgresDeadLetters, dead_letter_id: int, consumer: str
-) -> DeadLetter:
-    letter = letters.lock(cur, dead_letter_id)
-    if letter is None:
-        msg = f"no dead letter with id {dead_letter_id}"
-        raise EventPlatformError(msg)
-    if letter.consumer != consumer:
-        msg = f"dead letter {dead_letter_id} belongs to {letter.consumer!r}, not {consumer!r}"
-        raise EventPlatformError(msg)
-    return letter
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,8 +485,8 @@ async def run_handler(
     on_batch: Callable[[HandlerBatch], Awaitable[None] | None] | None = None,
 ) -> None:
     """Runs a handler consumer until ``stop`` is set, reconnecting after failures."""
-    from eventplatform.nats_broker import stream_spec
     from eventplatform.retry import sleep_or_stop
+    from eventplatform.runtime import ensure_consumer_streams
 
     broker = NatsBroker(settings.nats_servers, name=f"handler-{handler.name}")
     await broker.connect()
@@ -511,12 +496,7 @@ async def run_handler(
     failures = 0
     try:
         pool.open(wait=False)
-        await broker.ensure_stream(stream_spec(settings))
-        await broker.ensure_stream(
-            dead_letter_stream(
-                settings.stream, settings.subject_prefix, replicas=settings.stream_replicas
-            )
-        )
+        await ensure_consumer_streams(broker, settings)
         consumer = HandlerConsumer(
             handler=handler, broker=broker, pool=pool, config=ConsumerConfig.from_settings(settings)
         )

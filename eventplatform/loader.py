@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from eventplatform.errors import ConfigurationError
+from eventplatform.projection import Projection
 
 
 def load(reference: str, *, what: str = "object") -> Any:
@@ -40,3 +41,18 @@ def load(reference: str, *, what: str = "object") -> Any:
             msg = f"module {module_name!r} has no attribute {attribute!r} ({what})"
             raise ConfigurationError(msg) from e
     return obj
+
+
+def load_projection(reference: str) -> Projection:
+    """Loads a projection named ``module:attribute`` (a Projection subclass or instance).
+
+    Raises:
+        ConfigurationError: it does not load, or is not a projection.
+    """
+    obj = load(reference, what="projection")
+    if isinstance(obj, type) and issubclass(obj, Projection):
+        return obj()
+    if isinstance(obj, Projection):
+        return obj
+    msg = f"{reference!r} is not a Projection subclass or instance"
+    raise ConfigurationError(msg)

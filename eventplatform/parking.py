@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from eventplatform import cloudevents
-from eventplatform.dead_letters import DeadLetter, PostgresDeadLetters
+from eventplatform.dead_letters import PostgresDeadLetters
 from eventplatform.decoding import EventDecoder
 from eventplatform.errors import DecodeError, EventPlatformError, ProjectionError
 from eventplatform.postgres import translate
@@ -163,7 +163,7 @@ def release(
     try:
         with conn.transaction(), conn.cursor() as cur:
             parking.lock(cur, projection.name)
-            letter = _letter(cur, letters, dead_letter_id, projection.name)
+            letter = letters.lock_owned(cur, dead_letter_id, projection.name)
             if letter.status != "open":
                 return ReleaseResult("not open", 0)
             behind = (
@@ -193,19 +193,6 @@ def release(
         raise failure
     msg = f"dead letter {dead_letter_id} still fails in {projection.name!r}: {failure!r}"
     raise ProjectionError(msg) from failure
-
-
-def _letter(
-    cur: psycopg.Cursor[Any], letters: PostgresDeadLetters, dead_letter_id: int, consumer: str
-) -> DeadLetter:
-    letter = letters.lock(cur, dead_letter_id)
-    if letter is None:
-        msg = f"no dead letter with id {dead_letter_id}"
-        raise EventPlatformError(msg)
-    if letter.consumer != consumer:
-        msg = f"dead letter {dead_letter_id} belongs to {letter.consumer!r}, not {consumer!r}"
-        raise EventPlatformError(msg)
-    return letter
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +229,7 @@ def discard(conn: psycopg.Connection[Any], dead_letter_id: int, *, force: bool) 
                 msg = f"no dead letter with id {dead_letter_id}"
                 raise EventPlatformError(msg)
             parking.lock(cur, letter.consumer)
-            letter = _letter(cur, letters, dead_letter_id, letter.consumer)
+            letter = letters.lock_owned(cur, dead_letter_id, letter.consumer)
             if letter.status != "open":
                 return DiscardResult("not open", 0)
             behind = (

@@ -260,12 +260,7 @@ async def run_projection(
     failures = 0
     try:
         pool.open(wait=False)
-        await broker.ensure_stream(stream_spec(settings))
-        await broker.ensure_stream(
-            dead_letter_stream(
-                settings.stream, settings.subject_prefix, replicas=settings.stream_replicas
-            )
-        )
+        await ensure_consumer_streams(broker, settings)
         while not stop.is_set():
             try:
                 async with exclusive(dsn, f"eventplatform.projection:{projection.name}", stop):
@@ -314,3 +309,13 @@ async def _connect_broker(broker: NatsBroker, stop: asyncio.Event) -> None:
             if stop.is_set():
                 raise
             await sleep_or_stop(stop, backoff(failures, 0.2, 5.0))
+
+
+async def ensure_consumer_streams(broker: NatsBroker, settings: Settings) -> None:
+    """Creates or checks the streams a consumer needs: the events and its dead letters."""
+    await broker.ensure_stream(stream_spec(settings))
+    await broker.ensure_stream(
+        dead_letter_stream(
+            settings.stream, settings.subject_prefix, replicas=settings.stream_replicas
+        )
+    )
