@@ -12,6 +12,7 @@ Decoding is where untrusted bytes enter a consumer, so it is strict and every fa
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -24,6 +25,7 @@ SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
 #: Namespace of the deterministic CloudEvents ids (uuid5 of "<aggregate id>:<version>").
 EVENT_ID_NAMESPACE = uuid5(NAMESPACE_URL, "https://eventplatform.dev/event-id")
+_NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 
@@ -33,7 +35,14 @@ def event_id(aggregate_id: UUID | str, version: int) -> str:
     eventsourcing events carry no UUID of their own, but an aggregate id and a version name
     exactly one event, forever.
     """
-    return str(uuid5(EVENT_ID_NAMESPACE, f"{aggregate_id}:{version}"))
+    # uuid5 by hand: the same bytes as uuid.uuid5, without its object construction, which
+    # cost a fifth of the relay's time per message.
+    name = _NAMESPACE_BYTES + f"{aggregate_id}:{version}".encode()
+    digest = bytearray(hashlib.sha1(name, usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def message_id(log: str, notification_id: int) -> str:

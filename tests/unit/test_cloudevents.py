@@ -83,3 +83,9 @@ def test_state_that_is_not_a_json_object_is_refused_not_published():
 def test_a_malformed_message_is_refused_naming_what_is_wrong(body, complaint):
     with pytest.raises(DecodeError, match=complaint):
         cloudevents.decode(body)
+
+
+def test_the_id_is_the_standard_uuid5_of_aggregate_and_version():
+    aggregate = uuid.uuid4()
+    expected = uuid.uuid5(cloudevents.EVENT_ID_NAMESPACE, f"{aggregate}:3")
+    assert cloudevents.event_id(aggregate, 3) == str(expected)
