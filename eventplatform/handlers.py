@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +50,7 @@ from eventplatform.errors import (
     StoreUnavailable,
 )
 from eventplatform.intake import read_message
-from eventplatform.nats_broker import NatsBroker
+from eventplatform.nats_broker import NatsBroker, consumer_name, is_consumer_name
 from eventplatform.postgres import translate
 from eventplatform.retry import RetryPolicy, Sleep
 from eventplatform.schema import PROCESSED_EVENTS
@@ -59,7 +58,6 @@ from eventplatform.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-_DURABLE_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 #: What a handler is: a synchronous function that writes with the given cursor only.
 HandlerFunc = Callable[[psycopg.Cursor[Any], Any], None]
@@ -265,7 +263,7 @@ class ConsumerConfig:
         problems = []
         if not self.stream:
             problems.append("stream must be set")
-        if self.durable and _DURABLE_UNSAFE.sub("", self.durable) != self.durable:
+        if self.durable and not is_consumer_name(self.durable):
             problems.append(f"durable {self.durable!r} may hold only letters, digits, '_', '-'")
         if not 1 <= self.batch_size <= 10_000:
             problems.append(f"batch_size must be within 1..10000, got {self.batch_size}")
@@ -342,7 +340,7 @@ class HandlerConsumer:
         self._rng = rng
         self._letters = PostgresDeadLetters()
         self._sub: Any = None
-        self.durable = config.durable or _DURABLE_UNSAFE.sub("_", handler.name)
+        self.durable = config.durable or consumer_name(handler.name)
 
     async def start(self) -> None:
         """Creates (or updates) the durable consumer and binds to it.

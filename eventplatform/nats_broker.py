@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -238,6 +239,19 @@ class NatsBroker:
     async def _on_reconnected(self) -> None:
         self._failing = False
         logger.info("NATS reconnected to %s", self._nc.connected_url if self._nc else "?")
+
+
+_CONSUMER_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def consumer_name(name: str) -> str:
+    """``name`` made a valid durable consumer name (NATS forbids dots, spaces, wildcards)."""
+    return _CONSUMER_NAME_UNSAFE.sub("_", name)
+
+
+def is_consumer_name(name: str) -> bool:
+    """Whether ``name`` is already a valid durable consumer name."""
+    return _CONSUMER_NAME_UNSAFE.search(name) is None
 
 
 def stream_spec(settings: Settings) -> StreamSpec:

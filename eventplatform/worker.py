@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +42,7 @@ from eventplatform.errors import (
     StoreUnavailable,
 )
 from eventplatform.intake import read_message
-from eventplatform.nats_broker import NatsBroker
+from eventplatform.nats_broker import NatsBroker, consumer_name
 from eventplatform.parking import PostgresParking
 from eventplatform.postgres import translate
 from eventplatform.projection import Projection
@@ -52,8 +51,6 @@ from eventplatform.tracking import PostgresTracking, TrackedPosition
 from eventplatform.versions import adopt_version
 
 logger = logging.getLogger(__name__)
-
-_DURABLE_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +123,7 @@ class BatchResult:
 
 def durable_name(projection: Projection) -> str:
     """The durable consumer name of a projection (NATS forbids dots and spaces)."""
-    return _DURABLE_UNSAFE.sub("_", projection.name)
+    return consumer_name(projection.name)
 
 
 class ProjectionWorker:
