@@ -8,11 +8,8 @@ import orjson
 import psycopg
 import psycopg.errors
 import pytest
-import pytest_asyncio
-from psycopg_pool import ConnectionPool
 
 from eventplatform.dead_letters import dead_letter_subject
-from eventplatform.nats_broker import NatsBroker
 from eventplatform.retry import RetryPolicy
 from eventplatform.schema import create_schema
 from eventplatform.worker import ProjectionWorker, WorkerConfig
@@ -24,45 +21,22 @@ from tests.support.consumers import (
     rows,
     stream_for,
     subject_messages,
+    worker_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+
+def ordered_worker(broker, pool, prefix, batch_size=500):
+    return worker_for(
+        OrderedProjection(), broker, pool, prefix, batch_size=batch_size, ack_wait=10.0
+    )
 
 
 @pytest.fixture
 def dsn(database_dsn):
     create_schema(database_dsn, projections=[OrderedProjection()])
     return database_dsn
-
-
-@pytest.fixture
-def pool(dsn):
-    with ConnectionPool(dsn, min_size=1, max_size=4) as pool:
-        yield pool
-
-
-@pytest_asyncio.fixture
-async def broker(nats_url):
-    async with NatsBroker([nats_url]) as broker:
-        yield broker
-
-
-async def worker_for(broker, pool, prefix, batch_size=500):
-    worker = ProjectionWorker(
-        projection=OrderedProjection(),
-        broker=broker,
-        pool=pool,
-        config=WorkerConfig(
-            stream=prefix.upper(),
-            filter_subject=f"{prefix}.>",
-            batch_size=batch_size,
-            fetch_timeout=0.3,
-            ack_wait=10.0,
-            policy=RetryPolicy(attempts=2, initial=0.01, cap=0.01),
-        ),
-    )
-    await worker.start()
-    return worker
 
 
 async def received(worker, count, timeout=60.0):
@@ -84,7 +58,7 @@ async def test_a_poison_message_among_ten_thousand_is_dead_lettered_and_the_rest
     poison = b'{"specversion": "1.0", "id": "x", "truncated'
     bodies.insert(5_000, poison)
     await publish(broker, prefix, bodies)
-    worker = await worker_for(broker, pool, prefix, batch_size=2_000)
+    worker = await ordered_worker(broker, pool, prefix, batch_size=2_000)
 
     totals = await received(worker, 10_001)
 
@@ -101,10 +75,10 @@ async def test_the_same_event_delivered_five_times_is_applied_once(dsn, pool, br
     body = event_body("A", 1, 1)
     # Duplicate publishes under new message ids (a relay that lost its position twice over).
     await publish(broker, prefix, [body, body, body])
-    worker = await worker_for(broker, pool, prefix)
+    worker = await ordered_worker(broker, pool, prefix)
     first = await received(worker, 3)
     # A restart, then two more republishes arrive.
-    restarted = await worker_for(broker, pool, prefix)
+    restarted = await ordered_worker(broker, pool, prefix)
     await publish(broker, prefix, [body, body], first_msg_id=10)
     second = await received(restarted, 2)
 
@@ -133,7 +107,7 @@ async def test_every_malformed_shape_ends_dead_lettered_and_good_events_still_ap
     ]
     goods = [event_body("G", n, n) for n in range(1, 4)]
     await publish(broker, prefix, [goods[0], *malformed, goods[1], goods[2]])
-    worker = await worker_for(broker, pool, prefix, batch_size=5)
+    worker = await ordered_worker(broker, pool, prefix, batch_size=5)
 
     totals = await received(worker, len(malformed) + 3)
 
@@ -149,7 +123,7 @@ async def test_dead_letters_are_announced_in_their_own_stream_not_among_the_even
 ):
     prefix = await stream_for(broker, unique_name)
     await publish(broker, prefix, [b"poison", event_body("A", 1, 1)])
-    worker = await worker_for(broker, pool, prefix)
+    worker = await ordered_worker(broker, pool, prefix)
     await received(worker, 2)
 
     announced = await subject_messages(

@@ -10,8 +10,6 @@ from typing import Any
 import nats.errors
 import psycopg
 import pytest
-import pytest_asyncio
-from psycopg_pool import ConnectionPool
 
 from eventplatform.dead_letters import dead_letter_subject
 from eventplatform.handlers import (
@@ -21,7 +19,6 @@ from eventplatform.handlers import (
     retry_dead_letter,
     run_handler,
 )
-from eventplatform.nats_broker import NatsBroker
 from eventplatform.retry import PermanentError, RetryPolicy
 from eventplatform.schema import create_schema
 from eventplatform.settings import load_settings
@@ -36,18 +33,6 @@ def dsn(database_dsn):
     with psycopg.connect(database_dsn) as conn:
         conn.execute("CREATE TABLE effects (handler text, event_id text, aggregate text)")
     return database_dsn
-
-
-@pytest.fixture
-def pool(dsn):
-    with ConnectionPool(dsn, min_size=1, max_size=4) as pool:
-        yield pool
-
-
-@pytest_asyncio.fixture
-async def broker(nats_url):
-    async with NatsBroker([nats_url]) as broker:
-        yield broker
 
 
 def recording_effect(name: str, failures: list[BaseException] | None = None) -> Any:

@@ -6,14 +6,9 @@ import asyncio
 
 import psycopg
 import pytest
-import pytest_asyncio
-from psycopg_pool import ConnectionPool
 
-from eventplatform.nats_broker import NatsBroker
 from eventplatform.parking import release
-from eventplatform.retry import RetryPolicy
 from eventplatform.schema import create_schema
-from eventplatform.worker import ProjectionWorker, WorkerConfig
 from tests.support.consumers import (
     OrderedProjection,
     applied,
@@ -21,9 +16,14 @@ from tests.support.consumers import (
     publish,
     rows,
     stream_for,
+    worker_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+
+def parking_worker(projection, broker, pool, prefix):
+    return worker_for(projection, broker, pool, prefix, batch_size=4, ack_wait=5.0)
 
 
 @pytest.fixture
@@ -35,36 +35,6 @@ def projection():
 def dsn(database_dsn, projection):
     create_schema(database_dsn, projections=[projection])
     return database_dsn
-
-
-@pytest.fixture
-def pool(dsn):
-    with ConnectionPool(dsn, min_size=1, max_size=4) as pool:
-        yield pool
-
-
-@pytest_asyncio.fixture
-async def broker(nats_url):
-    async with NatsBroker([nats_url]) as broker:
-        yield broker
-
-
-async def worker_for(projection, broker, pool, prefix, batch_size=4):
-    worker = ProjectionWorker(
-        projection=projection,
-        broker=broker,
-        pool=pool,
-        config=WorkerConfig(
-            stream=prefix.upper(),
-            filter_subject=f"{prefix}.>",
-            batch_size=batch_size,
-            fetch_timeout=0.3,
-            ack_wait=5.0,
-            policy=RetryPolicy(attempts=2, initial=0.01, cap=0.01),
-        ),
-    )
-    await worker.start()
-    return worker
 
 
 async def process_until(worker, position, timeout=20.0):
@@ -80,7 +50,7 @@ async def test_a_failing_event_parks_only_its_aggregate_and_release_applies_it_i
     # Two batches of four: A's failure in the first must still hold back A3 in the second.
     stream = [("A", 1), ("B", 1), ("A", 2), ("B", 2), ("A", 3), ("B", 3), ("A", 4), ("B", 4)]
     await publish(broker, prefix, [event_body(a, v, n) for n, (a, v) in enumerate(stream, 1)])
-    worker = await worker_for(projection, broker, pool, prefix)
+    worker = await parking_worker(projection, broker, pool, prefix)
 
     await process_until(worker, 8)
 
@@ -114,7 +84,7 @@ async def test_a_release_that_still_fails_changes_nothing_and_records_the_error(
     prefix = await stream_for(broker, unique_name)
     await publish(broker, prefix, [event_body("A", 1, 1), event_body("A", 2, 2)])
     projection.broken.add(("A", 1))
-    worker = await worker_for(projection, broker, pool, prefix)
+    worker = await parking_worker(projection, broker, pool, prefix)
     await process_until(worker, 2)
     [(letter_id,)] = rows(dsn, "SELECT id FROM eventplatform_dead_letters")
 
@@ -132,7 +102,7 @@ async def test_an_event_for_a_parked_aggregate_from_an_undecodable_message_parks
     prefix = await stream_for(broker, unique_name)
     body = event_body("C", 1, 1).replace(b'"aggregateversion":1', b'"aggregateversion":"one"')
     await publish(broker, prefix, [body, event_body("D", 1, 2)])
-    worker = await worker_for(projection, broker, pool, prefix)
+    worker = await parking_worker(projection, broker, pool, prefix)
 
     async with asyncio.timeout(20):
         while not rows(dsn, "SELECT 1 FROM eventplatform_dead_letters"):

@@ -8,12 +8,15 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import sql
+from psycopg_pool import ConnectionPool
 
 from eventplatform import cloudevents
 from eventplatform.dead_letters import dead_letter_stream
 from eventplatform.handlers import IdempotentEventHandler
 from eventplatform.nats_broker import NatsBroker, OutgoingMessage, StreamSpec
 from eventplatform.projection import Projection
+from eventplatform.retry import RetryPolicy
+from eventplatform.worker import ProjectionWorker, WorkerConfig
 
 
 def event_body(
@@ -125,3 +128,30 @@ def _record_effect(cur: psycopg.Cursor[Any], event: Any) -> None:
 
 #: A handler the CLI can load by reference (``tests.support.consumers:EFFECT_HANDLER``).
 EFFECT_HANDLER = IdempotentEventHandler("cli-handler", _record_effect)
+
+
+async def worker_for(
+    projection: Projection,
+    broker: NatsBroker,
+    pool: ConnectionPool[Any],
+    prefix: str,
+    *,
+    batch_size: int,
+    ack_wait: float,
+) -> ProjectionWorker:
+    """A started worker on the test's stream, retrying quickly (2 attempts, 10 ms)."""
+    worker = ProjectionWorker(
+        projection=projection,
+        broker=broker,
+        pool=pool,
+        config=WorkerConfig(
+            stream=prefix.upper(),
+            filter_subject=f"{prefix}.>",
+            batch_size=batch_size,
+            fetch_timeout=0.3,
+            ack_wait=ack_wait,
+            policy=RetryPolicy(attempts=2, initial=0.01, cap=0.01),
+        ),
+    )
+    await worker.start()
+    return worker
