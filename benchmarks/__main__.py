@@ -1,6 +1,6 @@
 """``python -m benchmarks [--quick] [--json FILE] [--plot FILE.png]``.
 
-Starts a throwaway PostgreSQL and NATS (``eventplatform.embedded``) unless ``APP_DSN`` and
+Starts a throwaway PostgreSQL and NATS (``eventplatform.testing.embedded``) unless ``APP_DSN`` and
 ``APP_NATS_URL`` are set, runs every figure beside its baselines, prints the table.
 """
 
@@ -34,11 +34,11 @@ def servers() -> Iterator[tuple[str, str]]:
     dsn, url = os.environ.get("APP_DSN"), os.environ.get("APP_NATS_URL")
     with contextlib.ExitStack() as stack:
         if not dsn:
-            from eventplatform.embedded import EmbeddedPostgres
+            from eventplatform.testing.embedded import EmbeddedPostgres
 
             dsn = stack.enter_context(EmbeddedPostgres()).dsn
         if not url:
-            from eventplatform.embedded import EmbeddedNats
+            from eventplatform.testing.embedded import EmbeddedNats
 
             url = stack.enter_context(EmbeddedNats()).url
         yield dsn, url

@@ -23,9 +23,9 @@ from eventsourcing.projection import ProjectionRunner
 from nats.js import JetStreamContext, api
 from psycopg import sql
 
-from eventplatform.acking import ack_all
-from eventplatform.nats_broker import OutgoingMessage
-from eventplatform.postgres import eventsourcing_env
+from eventplatform.consumers.acking import ack_all
+from eventplatform.messagebus.nats_broker import OutgoingMessage
+from eventplatform.store.postgres import eventsourcing_env
 from projections import ProductViewProjection
 
 # -- write limit ------------------------------------------------------------------------------

@@ -21,13 +21,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from domain import CreateProduct, Products
 from domain.commands import ChangePrice, RenameProduct
-from eventplatform.event_log import PostgresEventLog
-from eventplatform.nats_broker import NatsBroker, stream_spec
-from eventplatform.positions import PostgresRelayPositions
-from eventplatform.relay import Relay, RelayConfig
-from eventplatform.routing import DefaultTopicMapper
-from eventplatform.schema import create_schema, events_table
+from eventplatform.messagebus.nats_broker import NatsBroker, stream_spec
+from eventplatform.relay.event_log import PostgresEventLog
+from eventplatform.relay.positions import PostgresRelayPositions
+from eventplatform.relay.relay import Relay, RelayConfig
+from eventplatform.relay.routing import DefaultTopicMapper
 from eventplatform.settings import Settings, load_settings
+from eventplatform.store.schema import create_schema, events_table
 from projections import ProductViewProjection
 
 LOG = "products"
@@ -213,6 +213,7 @@ def settings_for(dsn: str, nats_url: str, name: str, **overrides: Any) -> Settin
     """Platform settings on this figure's database and its own stream and subject prefix."""
     values: dict[str, Any] = {
         "dsn": dsn,
+        "log": LOG,
         "nats_url": nats_url,
         "stream": name.upper(),
         "subject_prefix": name,

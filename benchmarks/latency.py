@@ -35,10 +35,10 @@ from psycopg import sql
 from benchmarks import baselines
 from benchmarks.harness import LOG, Result, Scale, fresh_database, settings_for, unique
 from domain import CreateProduct, Products
-from eventplatform.nats_broker import NatsBroker, StreamSpec
+from eventplatform.messagebus.nats_broker import NatsBroker, StreamSpec
 from eventplatform.settings import Settings
-from eventplatform.tracking import TRACKING_CHANNEL
-from eventplatform.waiting import wait_for
+from eventplatform.store.schema import TRACKING_CHANNEL
+from eventplatform.store.waiting import wait_for
 from projections import ProductViewProjection
 
 RATE = 200.0

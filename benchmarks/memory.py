@@ -28,7 +28,7 @@ from benchmarks.harness import (
     unique,
 )
 from benchmarks.latency import platform_processes
-from eventplatform.schema import RELAY_POSITIONS, TRACKING
+from eventplatform.store.schema import RELAY_POSITIONS, TRACKING
 from projections import ProductViewProjection
 
 EARLY = 10_000

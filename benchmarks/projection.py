@@ -28,8 +28,8 @@ from benchmarks.harness import (
     throughput,
     unique,
 )
-from eventplatform.nats_broker import NatsBroker
-from eventplatform.worker import ProjectionWorker, WorkerConfig
+from eventplatform.consumers.worker import ProjectionWorker, WorkerConfig
+from eventplatform.messagebus.nats_broker import NatsBroker
 from projections import ProductViewProjection
 
 

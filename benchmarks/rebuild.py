@@ -24,7 +24,7 @@ from benchmarks.harness import (
     template_rows,
     throughput,
 )
-from eventplatform.replay import replay_log
+from eventplatform.rebuild.replay import replay_log
 from projections import ProductViewProjection
 
 

@@ -25,11 +25,11 @@ from benchmarks.harness import (
     throughput,
     unique,
 )
-from eventplatform.event_log import PostgresEventLog
-from eventplatform.nats_broker import NatsBroker, OutgoingMessage, StreamSpec
-from eventplatform.positions import PostgresRelayPositions
-from eventplatform.relay import Relay, RelayConfig
-from eventplatform.routing import DefaultTopicMapper
+from eventplatform.messagebus.nats_broker import NatsBroker, OutgoingMessage, StreamSpec
+from eventplatform.relay.event_log import PostgresEventLog
+from eventplatform.relay.positions import PostgresRelayPositions
+from eventplatform.relay.relay import Relay, RelayConfig
+from eventplatform.relay.routing import DefaultTopicMapper
 
 
 def _retarget(messages: list[OutgoingMessage], old: str, new: str) -> list[OutgoingMessage]:

@@ -24,7 +24,7 @@ from benchmarks.harness import (
     throughput,
 )
 from domain import CreateProduct, Product, Products
-from eventplatform.schema import events_table
+from eventplatform.store.schema import events_table
 
 BATCH = 100
 

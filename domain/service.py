@@ -6,7 +6,7 @@ from uuid import UUID
 
 from domain.commands import ChangePrice, CreateProduct, DiscontinueProduct, RenameProduct
 from domain.product import Product
-from eventplatform.application import CommandResult, EventSourcedApplication
+from eventplatform.store.application import CommandResult, EventSourcedApplication
 
 
 class Products(EventSourcedApplication):

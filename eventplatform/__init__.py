@@ -4,10 +4,24 @@ The PostgreSQL event store (eventsourcing) is the outbox; a relay publishes ever
 JetStream in order; projections apply events to read models exactly once and can be rebuilt
 from the store. The package is not named ``platform`` because that would shadow the standard
 library module of that name.
+
+Everything a library user needs is importable from here. The subpackages, by part of the data
+path: ``store`` (write side), ``relay`` (outbox follower), ``leases`` (one holder, fenced),
+``consumers`` (projections, handlers), ``rebuild``, ``messagebus`` (NATS, CloudEvents), ``cli``
+and ``testing``. Names not listed in ``__all__`` (here or in a subpackage) are internal.
 """
 
-from eventplatform.application import CommandResult, EventSourcedApplication
-from eventplatform.cloudevents import CloudEvent
+from eventplatform.consumers import (
+    ConsumerConfig,
+    HandlerFailed,
+    IdempotentEventHandler,
+    PermanentError,
+    Projection,
+    RetryPolicy,
+    idempotent,
+    run_handler,
+    run_projection,
+)
 from eventplatform.errors import (
     BrokerUnavailable,
     CommandRejected,
@@ -22,8 +36,17 @@ from eventplatform.errors import (
     UnknownEventType,
     WaitTimeout,
 )
-from eventplatform.projection import Projection
+from eventplatform.messagebus import CloudEvent
+from eventplatform.rebuild import (
+    RebuildError,
+    RebuildOptions,
+    RebuildReport,
+    rebuild,
+    replay_log,
+)
+from eventplatform.relay import DefaultTopicMapper, TopicMapper, run_relay
 from eventplatform.settings import Settings, load_settings
+from eventplatform.store import CommandResult, EventSourcedApplication, create_schema, wait_for
 
 __all__ = [
     "BrokerUnavailable",
@@ -32,17 +55,35 @@ __all__ = [
     "CommandResult",
     "ConcurrencyConflict",
     "ConfigurationError",
+    "ConsumerConfig",
     "DecodeError",
+    "DefaultTopicMapper",
     "EventPlatformError",
     "EventSourcedApplication",
+    "HandlerFailed",
+    "IdempotentEventHandler",
+    "PermanentError",
     "Projection",
     "ProjectionError",
     "PublishError",
+    "RebuildError",
+    "RebuildOptions",
+    "RebuildReport",
+    "RetryPolicy",
     "SchemaError",
     "Settings",
     "StoreUnavailable",
+    "TopicMapper",
     "UnknownEventType",
     "WaitTimeout",
+    "create_schema",
+    "idempotent",
     "load_settings",
+    "rebuild",
+    "replay_log",
+    "run_handler",
+    "run_projection",
+    "run_relay",
+    "wait_for",
 ]
 __version__ = "0.1.0"

@@ -2,6 +2,6 @@
 
 import sys
 
-from eventplatform.cli import main
+from eventplatform.cli.main import main
 
 sys.exit(main())

@@ -17,7 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from eventplatform.errors import ConfigurationError
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
-_LOG_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+#: What a log (application) name may look like: it becomes part of a table name.
+LOG_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
 
 def _subject_prefix(value: str) -> str:
@@ -36,7 +37,7 @@ def _stream_name(value: str) -> str:
 
 
 def _log_name(value: str) -> str:
-    if not _LOG_NAME.match(value):
+    if value and not LOG_NAME.match(value):
         msg = "must start with a lowercase letter and hold only a-z, 0-9 and '_' (max 41)"
         raise ValueError(msg)
     return value
@@ -74,7 +75,8 @@ class Settings(BaseSettings):
     Attributes:
         dsn: PostgreSQL connection string (``APP_DSN``), libpq URI or key=value form.
         nats_url: one or more comma-separated NATS server URLs (``APP_NATS_URL``).
-        log: name of the event log (the eventsourcing application's name, ``APP_LOG``).
+        log: name of the event log (the eventsourcing application's name, ``APP_LOG``);
+            no default: commands that need it take ``--log`` or this.
         stream: JetStream stream name (``APP_STREAM``).
         subject_prefix: first token(s) of every subject (``APP_SUBJECT_PREFIX``).
         stream_replicas: JetStream replicas, 3 for a cluster (``APP_STREAM_REPLICAS``).
@@ -104,7 +106,7 @@ class Settings(BaseSettings):
 
     dsn: Annotated[str, AfterValidator(_dsn)] = ""
     nats_url: Annotated[str, AfterValidator(_nats_urls)] = "nats://127.0.0.1:4222"
-    log: Annotated[str, AfterValidator(_log_name)] = "products"
+    log: Annotated[str, AfterValidator(_log_name)] = ""
     stream: Annotated[str, AfterValidator(_stream_name)] = "EVENTS"
     subject_prefix: Annotated[str, AfterValidator(_subject_prefix)] = "events"
     stream_replicas: int = Field(default=1, ge=1, le=5)
@@ -142,6 +144,20 @@ class Settings(BaseSettings):
             msg = "APP_DSN is not set: give a PostgreSQL connection string, e.g. postgresql://user@host/db"
             raise ConfigurationError(msg)
         return self.dsn
+
+    def require_log(self) -> str:
+        """Returns the log name, or fails naming ``APP_LOG`` when it is unset.
+
+        Raises:
+            ConfigurationError: ``APP_LOG`` is empty.
+        """
+        if not self.log:
+            msg = (
+                "APP_LOG is not set: name the log to work on (the application's `name`, whose "
+                "events live in <name>_events), or pass --log"
+            )
+            raise ConfigurationError(msg)
+        return self.log
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -14,7 +14,7 @@ from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
 from domain.product import Product
-from eventplatform.projection import Projection
+from eventplatform.consumers.projection import Projection
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,3 +1,3 @@
 """Shared fixtures: real servers come from the eventplatform.testing plugin."""
 
-pytest_plugins = ["eventplatform.testing"]
+pytest_plugins = ["eventplatform.testing.plugin"]

@@ -19,9 +19,9 @@ import psycopg
 import pytest
 
 from domain import CreateProduct, Products
-from eventplatform.schema import create_schema
+from eventplatform.cli.status import read_status
 from eventplatform.settings import Settings, load_settings
-from eventplatform.status import read_status
+from eventplatform.store.schema import create_schema
 
 pytestmark = [pytest.mark.e2e]
 
@@ -33,6 +33,7 @@ def settings(database_dsn, nats_url, unique_name) -> Settings:
     create_schema(database_dsn, logs=["products"])
     return load_settings(
         {},
+        log="products",
         dsn=database_dsn,
         nats_url=nats_url,
         stream=unique_name.upper(),
@@ -50,6 +51,7 @@ class Relays:
             **os.environ,
             "PYTHONPATH": str(ROOT),
             "APP_DSN": settings.dsn,
+            "APP_LOG": settings.log,
             "APP_NATS_URL": settings.nats_url,
             "APP_STREAM": settings.stream,
             "APP_SUBJECT_PREFIX": settings.subject_prefix,

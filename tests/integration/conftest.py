@@ -9,7 +9,7 @@ import pytest
 import pytest_asyncio
 from psycopg_pool import ConnectionPool
 
-from eventplatform.nats_broker import NatsBroker
+from eventplatform.messagebus.nats_broker import NatsBroker
 
 
 @pytest.fixture

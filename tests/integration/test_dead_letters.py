@@ -9,10 +9,10 @@ import psycopg
 import psycopg.errors
 import pytest
 
-from eventplatform.dead_letters import dead_letter_subject
-from eventplatform.retry import RetryPolicy
-from eventplatform.schema import create_schema
-from eventplatform.worker import ProjectionWorker, WorkerConfig
+from eventplatform.consumers.dead_letters import dead_letter_subject
+from eventplatform.consumers.retry import RetryPolicy
+from eventplatform.consumers.worker import ProjectionWorker, WorkerConfig
+from eventplatform.store.schema import create_schema
 from tests.support.consumers import (
     OrderedProjection,
     applied,

@@ -9,12 +9,12 @@ import pytest
 import pytest_asyncio
 from psycopg_pool import ConnectionPool
 
-from eventplatform.cli import main
-from eventplatform.dead_letters import PostgresDeadLetters
-from eventplatform.nats_broker import NatsBroker
-from eventplatform.retry import RetryPolicy
-from eventplatform.schema import create_schema
-from eventplatform.worker import ProjectionWorker, WorkerConfig
+from eventplatform.cli.main import main
+from eventplatform.consumers.dead_letters import PostgresDeadLetters
+from eventplatform.consumers.retry import RetryPolicy
+from eventplatform.consumers.worker import ProjectionWorker, WorkerConfig
+from eventplatform.messagebus.nats_broker import NatsBroker
+from eventplatform.store.schema import create_schema
 from tests.support.consumers import (
     OrderedProjection,
     applied,

@@ -8,9 +8,9 @@ import nats
 import psycopg
 import pytest
 
-from eventplatform import embedded
-from eventplatform.embedded import EmbeddedNats, EmbeddedPostgres
-from eventplatform.testing import DSN_VARIABLE, NATS_VARIABLE, resolve_source
+from eventplatform.testing import embedded
+from eventplatform.testing.embedded import EmbeddedNats, EmbeddedPostgres
+from eventplatform.testing.plugin import DSN_VARIABLE, NATS_VARIABLE, resolve_source
 
 pytest_plugins = ["pytester"]  # runs the plugin in an inner pytest session
 
@@ -91,7 +91,7 @@ def test_configured_servers_are_used_and_none_is_started(pytester, monkeypatch, 
             assert nats_url == "nats://127.0.0.1:1"
         """
     )
-    result = pytester.runpytest_inprocess("-p", "eventplatform.testing")
+    result = pytester.runpytest_inprocess("-p", "eventplatform.testing.plugin")
     result.assert_outcomes(passed=1)
 
 

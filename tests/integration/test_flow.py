@@ -12,9 +12,9 @@ import pytest
 
 from domain import ChangePrice, CreateProduct, DiscontinueProduct, Products, RenameProduct
 from eventplatform.errors import CommandRejected, ConcurrencyConflict
-from eventplatform.nats_broker import NatsBroker, OutgoingMessage
-from eventplatform.schema import create_schema
-from eventplatform.waiting import wait_for
+from eventplatform.messagebus.nats_broker import NatsBroker, OutgoingMessage
+from eventplatform.store.schema import create_schema
+from eventplatform.store.waiting import wait_for
 from projections import ProductViewProjection, ProductViews
 from tests.support.platform import (
     CountingProjection,

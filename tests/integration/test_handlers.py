@@ -11,17 +11,17 @@ import nats.errors
 import psycopg
 import pytest
 
-from eventplatform.dead_letters import dead_letter_subject
-from eventplatform.handlers import (
+from eventplatform.consumers import (
     ConsumerConfig,
     HandlerConsumer,
     IdempotentEventHandler,
     retry_dead_letter,
     run_handler,
 )
-from eventplatform.retry import PermanentError, RetryPolicy
-from eventplatform.schema import create_schema
+from eventplatform.consumers.dead_letters import dead_letter_subject
+from eventplatform.consumers.retry import PermanentError, RetryPolicy
 from eventplatform.settings import load_settings
+from eventplatform.store.schema import create_schema
 from tests.support.consumers import event_body, publish, rows, stream_for, subject_messages
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]

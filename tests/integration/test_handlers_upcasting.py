@@ -13,13 +13,13 @@ from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import StoredEvent
 from psycopg_pool import ConnectionPool
 
-from eventplatform.application import EventSourcedApplication
+from eventplatform.consumers import ConsumerConfig, HandlerConsumer, IdempotentEventHandler
 from eventplatform.errors import BrokerUnavailable
-from eventplatform.handlers import ConsumerConfig, HandlerConsumer, IdempotentEventHandler
-from eventplatform.nats_broker import NatsBroker
-from eventplatform.runtime import run_relay
-from eventplatform.schema import create_schema
+from eventplatform.messagebus.nats_broker import NatsBroker
+from eventplatform.relay.runner import run_relay
 from eventplatform.settings import load_settings
+from eventplatform.store.application import EventSourcedApplication
+from eventplatform.store.schema import create_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 

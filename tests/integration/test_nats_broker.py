@@ -7,14 +7,14 @@ import logging
 
 import pytest
 
-from eventplatform.nats_broker import NatsBroker
+from eventplatform.messagebus.nats_broker import NatsBroker
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.asyncio
 async def test_a_nats_outage_is_logged_once_and_its_end_is_logged(embedded_nats, caplog):
-    caplog.set_level(logging.DEBUG, logger="eventplatform.nats_broker")
+    caplog.set_level(logging.DEBUG, logger="eventplatform.messagebus.nats_broker")
     broker = NatsBroker([embedded_nats.url])
     await broker.connect()
     try:

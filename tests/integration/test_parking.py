@@ -7,8 +7,8 @@ import asyncio
 import psycopg
 import pytest
 
-from eventplatform.parking import release
-from eventplatform.schema import create_schema
+from eventplatform.consumers.parking import release
+from eventplatform.store.schema import create_schema
 from tests.support.consumers import (
     OrderedProjection,
     applied,

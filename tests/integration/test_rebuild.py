@@ -12,15 +12,17 @@ import pytest
 from psycopg import sql
 
 from domain import ChangePrice, CreateProduct, Product, Products, RenameProduct
+from eventplatform.consumers.projection import Projection
 from eventplatform.errors import ConfigurationError
-from eventplatform.projection import Projection
 from eventplatform.rebuild import RebuildInterrupted, RebuildOptions, rebuild, shadow_table
-from eventplatform.schema import create_schema
-from eventplatform.waiting import wait_for
+from eventplatform.store.schema import create_schema
+from eventplatform.store.waiting import wait_for
 from projections import ProductViewProjection
 from tests.support.platform import running, settings_for
 
 pytestmark = pytest.mark.integration
+
+PRODUCTS = RebuildOptions(log="products")
 
 
 class EventCounts(Projection):
@@ -217,7 +219,10 @@ async def test_a_rebuild_under_load_swaps_in_the_fold_of_the_store_and_readers_n
             timeout=30,
         )
         report = await asyncio.to_thread(
-            rebuild, settings.dsn, EventCounts(), RebuildOptions(batch_size=50, handover_gap=5)
+            rebuild,
+            settings.dsn,
+            EventCounts(),
+            RebuildOptions(log="products", batch_size=50, handover_gap=5),
         )
         for _ in range(20):  # and still writing after the swap
             await asyncio.to_thread(writes.acquire)
@@ -267,7 +272,7 @@ async def test_an_unchanged_projection_rebuilds_equal_and_swaps_with_replaying_s
     replayed = EventCounts()
     create_schema(settings.dsn, projections=[replayed])
 
-    report = rebuild(settings.dsn, ProductViewProjection())
+    report = rebuild(settings.dsn, ProductViewProjection(), PRODUCTS)
 
     assert report.swapped
     assert report.comparison is not None
@@ -278,7 +283,7 @@ async def test_an_unchanged_projection_rebuilds_equal_and_swaps_with_replaying_s
     assert report.events == 40
     # A projection can ask whether it is replaying: the rebuild's copy is, the original is not.
     set_live_position(settings.dsn, "event_counts", last)
-    counted = rebuild(settings.dsn, replayed, RebuildOptions(accept=True))
+    counted = rebuild(settings.dsn, replayed, RebuildOptions(log="products", accept=True))
     assert counted.swapped
     assert counted.events == 40
     assert replayed.replay_flags == {True}
@@ -291,7 +296,9 @@ async def test_a_changed_projection_reports_the_differing_rows_and_swaps_nothing
     await project_until(settings, ProductViewProjection(), last)
     before = rows(settings.dsn, "product_view")
 
-    report = rebuild(settings.dsn, ShoutingProductView(), RebuildOptions(differences=5))
+    report = rebuild(
+        settings.dsn, ShoutingProductView(), RebuildOptions(log="products", differences=5)
+    )
 
     assert not report.swapped
     assert not report.ok
@@ -303,7 +310,9 @@ async def test_a_changed_projection_reports_the_differing_rows_and_swaps_nothing
     assert any("30 rows differ, UNEXPECTED" in line for line in report.lines())
     assert rows(settings.dsn, "product_view") == before
     # Accepting swaps the very shadow that was verified.
-    accepted = rebuild(settings.dsn, ShoutingProductView(), RebuildOptions(accept=True))
+    accepted = rebuild(
+        settings.dsn, ShoutingProductView(), RebuildOptions(log="products", accept=True)
+    )
     assert accepted.swapped
     assert accepted.events == 0
     assert {r[1] for r in rows(settings.dsn, "product_view")} == {f"Q{i}" for i in range(30)}
@@ -313,17 +322,19 @@ async def test_a_changed_projection_reports_the_differing_rows_and_swaps_nothing
 async def test_a_new_version_shows_its_differences_as_expected_and_serves_after_the_swap(
     settings, app
 ):
-    from eventplatform.status import read_status
+    from eventplatform.cli.status import read_status
 
     _, last = seed(app, 10)
     await project_until(settings, ProductViewProjection(), last)
     assert [p.version for p in read_status(settings.dsn, ["products"]).projections] == [1]
 
-    verified = rebuild(settings.dsn, ShoutingProductViewV2(), RebuildOptions(verify_only=True))
+    verified = rebuild(
+        settings.dsn, ShoutingProductViewV2(), RebuildOptions(log="products", verify_only=True)
+    )
     assert verified.expected_differences
     assert verified.ok
     assert not verified.swapped
-    report = rebuild(settings.dsn, ShoutingProductViewV2())
+    report = rebuild(settings.dsn, ShoutingProductViewV2(), PRODUCTS)
 
     assert report.expected_differences
     assert report.swapped
@@ -356,7 +367,7 @@ async def test_a_rebuild_killed_midway_leaves_live_untouched_and_the_rerun_finis
         rebuild(
             settings.dsn,
             ProductViewProjection(),
-            RebuildOptions(batch_size=10),
+            RebuildOptions(log="products", batch_size=10),
             progress=CrashAfterTwoBatches(),
         )
     assert rows(settings.dsn, "product_view") == before
@@ -366,10 +377,12 @@ async def test_a_rebuild_killed_midway_leaves_live_untouched_and_the_rerun_finis
     stop = threading.Event()
     stop.set()
     with pytest.raises(RebuildInterrupted):
-        rebuild(settings.dsn, ProductViewProjection(), stop=stop)
+        rebuild(settings.dsn, ProductViewProjection(), PRODUCTS, stop=stop)
     assert rows(settings.dsn, "product_view") == before
 
-    report = rebuild(settings.dsn, ProductViewProjection(), RebuildOptions(batch_size=10))
+    report = rebuild(
+        settings.dsn, ProductViewProjection(), RebuildOptions(log="products", batch_size=10)
+    )
     assert report.swapped
     assert report.comparison is not None
     assert report.comparison.equal
@@ -387,10 +400,12 @@ async def test_one_aggregate_is_rebuilt_in_place_and_only_with_acceptance_when_i
     before = rows(settings.dsn, "product_view")
     with psycopg.connect(settings.dsn) as conn:
         conn.execute("UPDATE product_view SET name = 'corrupt' WHERE id = %s", (ids[2],))
-    options = RebuildOptions(aggregate=ids[2])
+    options = RebuildOptions(log="products", aggregate=ids[2])
 
     checked = rebuild(
-        settings.dsn, ShoutingProductView(), RebuildOptions(aggregate=ids[2], verify_only=True)
+        settings.dsn,
+        ShoutingProductView(),
+        RebuildOptions(log="products", aggregate=ids[2], verify_only=True),
     )
     assert checked.comparison is not None
     assert checked.comparison.differing_count == 2
@@ -399,7 +414,9 @@ async def test_one_aggregate_is_rebuilt_in_place_and_only_with_acceptance_when_i
     assert not refused.swapped
     assert not refused.ok
     fixed = rebuild(
-        settings.dsn, ShoutingProductView(), RebuildOptions(aggregate=ids[2], accept=True)
+        settings.dsn,
+        ShoutingProductView(),
+        RebuildOptions(log="products", aggregate=ids[2], accept=True),
     )
 
     assert fixed.swapped
@@ -417,7 +434,7 @@ def test_an_aggregate_rebuild_needs_an_aggregate_column(settings):
         rebuild(
             settings.dsn,
             WithoutAggregateColumn(),
-            RebuildOptions(aggregate=Product.create("a", "b", Decimal(1)).id),
+            RebuildOptions(log="products", aggregate=Product.create("a", "b", Decimal(1)).id),
         )
 
 
@@ -430,7 +447,9 @@ async def test_the_samples_corrupted_row_is_repaired_from_the_store(settings, ap
         conn.execute("UPDATE product_view SET name = 'corrupt' WHERE id = %s", (ids[1],))
 
     report = rebuild(
-        settings.dsn, ProductViewProjection(), RebuildOptions(aggregate=ids[1], accept=True)
+        settings.dsn,
+        ProductViewProjection(),
+        RebuildOptions(log="products", aggregate=ids[1], accept=True),
     )
 
     assert report.swapped
@@ -441,7 +460,9 @@ def test_a_rebuild_from_a_position_replays_only_later_events(settings, app):
     _, last = seed(app, 10)
     set_live_position(settings.dsn, "event_counts", last)
     report = rebuild(
-        settings.dsn, EventCounts(), RebuildOptions(from_position=last - 4, verify_only=True)
+        settings.dsn,
+        EventCounts(),
+        RebuildOptions(log="products", from_position=last - 4, verify_only=True),
     )
     assert report.events == 4
     assert not report.swapped
@@ -458,7 +479,7 @@ def test_rebuilding_a_projection_without_its_table_says_run_schema(settings):
         default_table = "missing_table"
 
     with pytest.raises(Exception, match="run 'eventplatform schema'"):
-        rebuild(settings.dsn, Missing())
+        rebuild(settings.dsn, Missing(), PRODUCTS)
     assert shadow_table(Missing()) == "missing_table__rebuild"
 
 
@@ -467,7 +488,9 @@ def test_a_topic_filter_reads_only_those_topics(settings, app):
 
     _, last = seed(app, 6)
     set_live_position(settings.dsn, "event_counts", last)
-    only_created = RebuildOptions(topics=[get_topic(Product.Created)], verify_only=True)
+    only_created = RebuildOptions(
+        log="products", topics=[get_topic(Product.Created)], verify_only=True
+    )
 
     report = rebuild(settings.dsn, EventCounts(), only_created)
 
@@ -486,12 +509,14 @@ async def test_a_worker_newer_than_the_serving_version_tells_the_operator_to_reb
 ):
     _, last = seed(app, 2)
     await project_until(settings, ProductViewProjection(), last)  # records version 1
-    caplog.set_level("WARNING", logger="eventplatform.versions")
+    caplog.set_level("WARNING", logger="eventplatform.consumers.versions")
 
     newer = app.rename(RenameProduct(product_id=app_products(settings)[0], name="z")).position
     await project_until(settings, ShoutingProductViewV2(), newer)
 
-    warnings = [r.getMessage() for r in caplog.records if r.name == "eventplatform.versions"]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.name == "eventplatform.consumers.versions"
+    ]
     assert any(
         "is version 2 but its read model was built by version 1" in w
         and "eventplatform rebuild" in w
@@ -512,12 +537,12 @@ def test_a_second_rebuild_of_the_same_projection_is_refused_while_one_runs(setti
             "SELECT pg_advisory_lock(hashtextextended('eventplatform.rebuild:event_counts', 0))"
         )
         with pytest.raises(RebuildError, match="another rebuild of 'event_counts' is running"):
-            rebuild(settings.dsn, EventCounts())
-    assert rebuild(settings.dsn, EventCounts()).comparison is not None
+            rebuild(settings.dsn, EventCounts(), PRODUCTS)
+    assert rebuild(settings.dsn, EventCounts(), PRODUCTS).comparison is not None
 
 
 def test_the_bare_replay_fills_a_table_with_every_event_once_and_resumes(settings, app):
-    from eventplatform.replay import replay_log
+    from eventplatform.rebuild.replay import replay_log
 
     _, last = seed(app, 25)
     target = EventCounts(table="counted_by_replay")

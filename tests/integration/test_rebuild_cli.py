@@ -15,9 +15,9 @@ import psycopg
 import pytest
 
 from domain import CreateProduct, Products, RenameProduct
-from eventplatform.cli import main
-from eventplatform.schema import create_schema
-from eventplatform.waiting import wait_for
+from eventplatform.cli.main import main
+from eventplatform.store.schema import create_schema
+from eventplatform.store.waiting import wait_for
 from projections import ProductViewProjection
 from tests.integration.test_rebuild import ShoutingProductView, rows
 from tests.support.platform import running, settings_for
@@ -40,6 +40,7 @@ def settings(database_dsn, nats_url, unique_name, monkeypatch):
     settings = settings_for(database_dsn, nats_url, unique_name)
     create_schema(database_dsn, logs=["products"], projections=[ProductViewProjection()])
     monkeypatch.setenv("APP_DSN", database_dsn)
+    monkeypatch.setenv("APP_LOG", "products")
     return settings
 
 

@@ -13,10 +13,10 @@ import psycopg
 import pytest
 
 from domain import CreateProduct, Products
-from eventplatform.leadership import LeaseConfig
-from eventplatform.runtime import run_relay
-from eventplatform.schema import create_schema
+from eventplatform.leases.leadership import LeaseConfig
+from eventplatform.relay.runner import run_relay
 from eventplatform.settings import Settings, load_settings
+from eventplatform.store.schema import create_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -25,6 +25,7 @@ def settings_for(dsn: str, nats_url: str, name: str) -> Settings:
     create_schema(dsn, logs=["products"])
     return load_settings(
         {},
+        log="products",
         dsn=dsn,
         nats_url=nats_url,
         stream=name.upper(),
@@ -200,7 +201,9 @@ async def test_an_event_whose_notify_was_lost_is_relayed_by_the_re_poll(
 
 
 def count(caplog: pytest.LogCaptureFixture, text: str) -> int:
-    return sum(text in r.getMessage() for r in caplog.records if r.name == "eventplatform.runtime")
+    return sum(
+        text in r.getMessage() for r in caplog.records if r.name == "eventplatform.relay.runner"
+    )
 
 
 async def test_nats_down_at_start_is_retried_logged_once_and_resumed(
@@ -210,7 +213,7 @@ async def test_nats_down_at_start_is_retried_logged_once_and_resumed(
     positions = create_products(settings, 3, "A")
     embedded_nats.stop()
     stop = asyncio.Event()
-    with caplog.at_level("INFO", logger="eventplatform.runtime"):
+    with caplog.at_level("INFO", logger="eventplatform.relay.runner"):
         relay = asyncio.create_task(run_relay(settings, stop, lease=LeaseConfig(ttl=1.0)))
         try:
             await asyncio.sleep(2.5)  # the outage lasts: nats-py retries every 0.5 s meanwhile

@@ -15,19 +15,19 @@ import pytest
 import pytest_asyncio
 
 from domain import CreateProduct, Products
-from eventplatform.cli import main
+from eventplatform.cli.main import main
+from eventplatform.cli.status import read_status
 from eventplatform.errors import PublishError
-from eventplatform.event_log import PostgresEventLog
-from eventplatform.fencing import FencedPublisher, is_fence_error
-from eventplatform.leadership import Leadership, LeaseConfig, LeaseLost, PostgresLeases
-from eventplatform.nats_broker import NatsBroker, OutgoingMessage, stream_spec
-from eventplatform.positions import PostgresRelayPositions
-from eventplatform.relay import Relay, RelayConfig, StreamAheadOfLog
-from eventplatform.routing import DefaultTopicMapper
-from eventplatform.runtime import run_relay
-from eventplatform.schema import create_schema
+from eventplatform.leases.leadership import Leadership, LeaseConfig, LeaseLost, PostgresLeases
+from eventplatform.messagebus.nats_broker import NatsBroker, OutgoingMessage, stream_spec
+from eventplatform.relay.event_log import PostgresEventLog
+from eventplatform.relay.fencing import FencedPublisher, is_fence_error
+from eventplatform.relay.positions import PostgresRelayPositions
+from eventplatform.relay.relay import Relay, RelayConfig, StreamAheadOfLog
+from eventplatform.relay.routing import DefaultTopicMapper
+from eventplatform.relay.runner import run_relay
 from eventplatform.settings import Settings, load_settings
-from eventplatform.status import read_status
+from eventplatform.store.schema import create_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -37,6 +37,7 @@ def settings(database_dsn, nats_url, unique_name) -> Settings:
     create_schema(database_dsn, logs=["products"])
     return load_settings(
         {},
+        log="products",
         dsn=database_dsn,
         nats_url=nats_url,
         stream=unique_name.upper(),

@@ -14,10 +14,10 @@ import psycopg
 import pytest
 
 from domain import ChangePrice, CreateProduct, Products, RenameProduct
-from eventplatform.leadership import LeaseConfig
-from eventplatform.runtime import run_relay
-from eventplatform.schema import create_schema
+from eventplatform.leases.leadership import LeaseConfig
+from eventplatform.relay.runner import run_relay
 from eventplatform.settings import Settings, load_settings
+from eventplatform.store.schema import create_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -31,6 +31,7 @@ def settings(database_dsn, nats_url, unique_name) -> Settings:
     create_schema(database_dsn, logs=["products"])
     return load_settings(
         {},
+        log="products",
         dsn=database_dsn,
         nats_url=nats_url,
         stream=unique_name.upper(),

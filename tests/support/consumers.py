@@ -10,13 +10,13 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from eventplatform import cloudevents
-from eventplatform.dead_letters import dead_letter_stream
-from eventplatform.handlers import IdempotentEventHandler
-from eventplatform.nats_broker import NatsBroker, OutgoingMessage, StreamSpec
-from eventplatform.projection import Projection
-from eventplatform.retry import RetryPolicy
-from eventplatform.worker import ProjectionWorker, WorkerConfig
+from eventplatform.consumers.dead_letters import dead_letter_stream
+from eventplatform.consumers.handlers import IdempotentEventHandler
+from eventplatform.consumers.projection import Projection
+from eventplatform.consumers.retry import RetryPolicy
+from eventplatform.consumers.worker import ProjectionWorker, WorkerConfig
+from eventplatform.messagebus import cloudevents
+from eventplatform.messagebus.nats_broker import NatsBroker, OutgoingMessage, StreamSpec
 
 
 def event_body(

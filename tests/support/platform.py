@@ -11,8 +11,9 @@ import psycopg
 from psycopg import sql
 
 from domain import Product
-from eventplatform.projection import Projection
-from eventplatform.runtime import run_projection, run_relay
+from eventplatform.consumers import run_projection
+from eventplatform.consumers.projection import Projection
+from eventplatform.relay import run_relay
 from eventplatform.settings import Settings, load_settings
 
 
@@ -20,6 +21,7 @@ def settings_for(dsn: str, nats_url: str, name: str, **overrides: Any) -> Settin
     """Settings isolated by ``name``: own stream and subject prefix on the shared NATS."""
     values = {
         "dsn": dsn,
+        "log": "products",
         "nats_url": nats_url,
         "stream": name.upper(),
         "subject_prefix": name,

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from eventplatform.cli import build_parser, main
+from eventplatform.cli.main import build_parser, main
 
 
 def test_help_lists_every_command(capsys):

@@ -6,8 +6,8 @@ from typing import Any
 import orjson
 import pytest
 
-from eventplatform import cloudevents
 from eventplatform.errors import DecodeError
+from eventplatform.messagebus import cloudevents
 
 AGGREGATE = uuid.UUID("5c4a0b5e-6f5b-4f1c-9a51-0c7b2f6d1e11")
 STATE = (

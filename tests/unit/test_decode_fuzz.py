@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from domain import Product
-from eventplatform import cloudevents
-from eventplatform.decoding import EventDecoder
-from eventplatform.intake import Intake, read_message
+from eventplatform.consumers.decoding import EventDecoder
+from eventplatform.consumers.intake import Intake, read_message
+from eventplatform.messagebus import cloudevents
 
 STRICT = EventDecoder(
     [Product.Created, Product.Renamed, Product.PriceChanged, Product.Discontinued], strict=True

@@ -5,9 +5,9 @@ from decimal import Decimal
 import pytest
 
 from domain import Product
-from eventplatform import cloudevents
-from eventplatform.decoding import EventDecoder, default_transcoder
+from eventplatform.consumers.decoding import EventDecoder, default_transcoder
 from eventplatform.errors import DecodeError, UnknownEventType
+from eventplatform.messagebus import cloudevents
 
 
 def wire(event):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from eventplatform.embedded import address_in_use
-from eventplatform.testing import DSN_VARIABLE, NATS_VARIABLE, select_source
+from eventplatform.testing.embedded import address_in_use
+from eventplatform.testing.plugin import DSN_VARIABLE, NATS_VARIABLE, select_source
 
 
 @pytest.mark.parametrize(

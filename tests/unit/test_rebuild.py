@@ -7,21 +7,21 @@ from uuid import uuid4
 
 import pytest
 
-from eventplatform.cli import build_parser, main
+from eventplatform.cli.main import build_parser, main
 from eventplatform.errors import ConfigurationError
-from eventplatform.progress import StreamProgress
 from eventplatform.rebuild import RebuildOptions, RebuildReport, shadow_table
-from eventplatform.verify import Comparison
+from eventplatform.rebuild.progress import StreamProgress
+from eventplatform.rebuild.verify import Comparison
 from projections import ProductViewProjection
 
 
 def test_nonsensical_options_are_refused_naming_each_problem():
     with pytest.raises(ConfigurationError) as excinfo:
-        RebuildOptions(batch_size=0, from_position=-1)
+        RebuildOptions(log="products", batch_size=0, from_position=-1)
     assert "batch_size must be within 1..1000000, got 0" in str(excinfo.value)
     assert "from_position must be >= 0, got -1" in str(excinfo.value)
     with pytest.raises(ConfigurationError, match="cannot be combined"):
-        RebuildOptions(aggregate=uuid4(), from_position=3)
+        RebuildOptions(log="products", aggregate=uuid4(), from_position=3)
 
 
 def test_the_shadow_of_a_projection_is_its_table_with_a_suffix():
@@ -90,7 +90,15 @@ def test_help_lists_rebuild_with_its_options(capsys):
 
 def test_an_aggregate_that_is_not_a_uuid_is_named(monkeypatch, capsys):
     monkeypatch.setenv("APP_DSN", "postgresql://u@127.0.0.1/db")
-    assert main(["rebuild", "projections:ProductViewProjection", "--aggregate", "abc"]) == 2
+    args = [
+        "rebuild",
+        "projections:ProductViewProjection",
+        "--log",
+        "products",
+        "--aggregate",
+        "abc",
+    ]
+    assert main(args) == 2
     assert "--aggregate must be an aggregate id (a UUID), got 'abc'" in capsys.readouterr().err
 
 
@@ -114,7 +122,7 @@ def test_a_rebuild_reference_that_is_not_a_projection_is_named(monkeypatch, caps
 
 def test_a_stored_event_that_is_not_json_is_named_by_its_position():
     from eventplatform.errors import DecodeError
-    from eventplatform.replay import StoredEventDecoder, StoredRow
+    from eventplatform.rebuild.replay import StoredEventDecoder, StoredRow
 
     decoder = StoredEventDecoder([], log="products")
     with pytest.raises(DecodeError, match="products:7 is not JSON"):

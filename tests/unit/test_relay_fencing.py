@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eventplatform.errors import PublishError
-from eventplatform.fencing import Refused, fence_headers, is_fence_error, notification_of
+from eventplatform.relay.fencing import Refused, fence_headers, is_fence_error, notification_of
 
 
 def test_the_first_message_after_the_tail_expects_the_streams_last_sequence():

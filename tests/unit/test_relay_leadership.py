@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from eventplatform.errors import ConfigurationError
-from eventplatform.leadership import Leadership, Lease, LeaseConfig, LeaseHolder, LeaseLost
+from eventplatform.leases.leadership import Leadership, Lease, LeaseConfig, LeaseHolder, LeaseLost
 
 
 class InMemoryLeases:

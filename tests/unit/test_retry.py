@@ -8,13 +8,18 @@ import psycopg
 import psycopg.errors
 import pytest
 
+from eventplatform.consumers.retry import (
+    PermanentError,
+    RetryPolicy,
+    is_transient,
+    policy_from_settings,
+)
 from eventplatform.errors import (
     BrokerUnavailable,
     ConfigurationError,
     DecodeError,
     StoreUnavailable,
 )
-from eventplatform.retry import PermanentError, RetryPolicy, is_transient, policy_from_settings
 from eventplatform.settings import load_settings
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from eventplatform.consumers import ConsumerConfig
+from eventplatform.consumers.worker import WorkerConfig
 from eventplatform.errors import ConfigurationError
-from eventplatform.handlers import ConsumerConfig
 from eventplatform.settings import load_settings
-from eventplatform.worker import WorkerConfig
 
 
 def test_defaults_are_valid():

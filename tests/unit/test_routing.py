@@ -2,7 +2,7 @@
 
 import pytest
 
-from eventplatform.routing import DefaultTopicMapper
+from eventplatform.relay.routing import DefaultTopicMapper
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,8 @@
 import pytest
 
 from eventplatform.errors import ConfigurationError
-from eventplatform.postgres import eventsourcing_env
 from eventplatform.settings import load_settings
+from eventplatform.store.postgres import eventsourcing_env
 
 
 def test_the_seeds_variable_names_configure_the_servers():
@@ -50,7 +50,14 @@ def test_settings_are_frozen():
 
 
 def test_unrelated_variables_are_ignored():
-    assert load_settings({"APP_UNKNOWN": "x", "PATH": "/bin"}).log == "products"
+    assert load_settings({"APP_UNKNOWN": "x", "PATH": "/bin", "APP_LOG": "orders"}).log == "orders"
+
+
+def test_the_log_has_no_default_and_is_demanded_naming_app_log_when_used():
+    settings = load_settings({})
+    assert settings.log == ""
+    with pytest.raises(ConfigurationError, match="APP_LOG is not set"):
+        settings.require_log()
 
 
 def test_the_dsn_becomes_eventsourcings_variables_with_table_creation_off():

@@ -1,0 +1,242 @@
+"""``eventplatform``: the command line of the platform's processes.
+
+Application code is named ``module:attribute`` (like uvicorn), imported with the working
+directory on ``sys.path``. Every setting comes from ``APP_*`` variables (see ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from eventplatform.cli.loader import load, load_projection
+from eventplatform.errors import ConfigurationError, EventPlatformError
+from eventplatform.settings import Settings, load_settings
+
+logger = logging.getLogger("eventplatform")
+
+_ENV_HELP = """
+configuration (environment):
+  APP_DSN                   PostgreSQL connection string (required, except for 'demo')
+  APP_NATS_URL              NATS server URL(s), comma-separated (default nats://127.0.0.1:4222)
+  APP_LOG                   log (application) name; required by relay, schema, wait, rebuild
+                            unless --log is given
+  APP_STREAM                JetStream stream name (default EVENTS)
+  APP_SUBJECT_PREFIX        subject prefix (default events)
+  APP_STREAM_REPLICAS       stream replicas, 3 on a cluster (default 1)
+  APP_DUPLICATE_WINDOW      JetStream de-duplication window, seconds (default 120)
+  APP_RELAY_BATCH_SIZE      notifications per relay batch (default 1000)
+  APP_RELAY_POLL_INTERVAL   re-poll when no NOTIFY arrives, seconds (default 1.0)
+  APP_RELAY_LEASE_TTL       relay leadership lease, seconds (default 3; takeover <= 4/3 of it)
+  APP_PROJECTION_BATCH_SIZE messages per projection transaction (default 500)
+  APP_ACK_WAIT              seconds before JetStream redelivers (default 30)
+  APP_POOL_SIZE             connections per pool (default 4)
+  APP_CONSUMER_BATCH_SIZE, APP_CONSUMER_FETCH_TIMEOUT, APP_CONSUMER_MAX_DELIVER,
+  APP_CONSUMER_MAX_ACK_PENDING   handler consumers (defaults 100, 1.0, 20, 1000)
+  APP_RETRY_ATTEMPTS, APP_RETRY_INITIAL, APP_RETRY_MULTIPLIER, APP_RETRY_CAP,
+  APP_RETRY_JITTER          retry policy (defaults 5, 0.1 s, 2.0, 5.0 s, 0.5)
+"""
+
+
+def _run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
+    """Creates the schema."""
+    from eventplatform.store.schema import create_schema
+
+    logs = args.log or [settings.require_log()]
+    projections = [load_projection(ref) for ref in args.projection]
+    create_schema(settings.require_dsn(), logs=logs, projections=projections)
+    print(
+        f"schema ready: logs {', '.join(logs)}"
+        + (f"; projections {', '.join(p.name for p in projections)}" if projections else "")
+    )
+    return 0
+
+
+def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs the relay."""
+    from eventplatform.relay.runner import run_relay
+
+    if args.log:
+        settings = settings.model_copy(update={"log": args.log})
+    settings.require_dsn()
+    settings.require_log()
+    _run_until_signal(lambda stop: run_relay(settings, stop))
+    return 0
+
+
+def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs a projection worker."""
+    from eventplatform.consumers.runner import run_projection
+
+    settings.require_dsn()
+    projection = load_projection(args.projection)
+    _run_until_signal(lambda stop: run_projection(settings, projection, stop))
+    return 0
+
+
+def cmd_handle(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs an idempotent handler's consumer."""
+    from eventplatform.consumers.handlers import IdempotentEventHandler
+    from eventplatform.consumers.runner import run_handler
+
+    settings.require_dsn()
+    handler = load(args.handler, what="handler")
+    if not isinstance(handler, IdempotentEventHandler):
+        msg = f"{args.handler!r} is not an IdempotentEventHandler (decorate it with @idempotent)"
+        raise ConfigurationError(msg)
+    _run_until_signal(lambda stop: run_handler(settings, handler, stop))
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
+    """Waits for a projection to reach a position."""
+    from eventplatform.store.waiting import wait_for
+
+    reached = wait_for(
+        settings.require_dsn(),
+        projection=args.projection,
+        log=args.log or settings.require_log(),
+        position=args.position,
+        timeout=args.timeout,
+    )
+    print(f"{args.projection} is at {reached}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Prints positions and lag."""
+    from eventplatform.cli.status import read_status
+
+    logs = args.log or ([settings.log] if settings.log else None)
+    status = read_status(settings.require_dsn(), logs)
+    if args.json:
+        print(json.dumps(status.as_dict(), indent=2))
+        return 0
+    print(f"{'log':<20} {'head':>10} {'relay':>10} {'lag':>8} {'unrouted':>8}  updated")
+    for log in status.logs:
+        print(
+            f"{log.log:<20} {log.head:>10} {log.relay_position:>10} {log.relay_lag:>8}"
+            f" {log.unrouted:>8}  {log.relay_updated_at or '-'}"
+        )
+        print(f"  leader: {log.leader or '-'} since {log.leader_since or '-'}")
+    print(f"\n{'projection':<20} {'log':<12} {'position':>10} {'lag':>8} {'version':>7}  updated")
+    for p in status.projections:
+        print(
+            f"{p.projection:<20} {p.log:<12} {p.position:>10} {p.lag:>8}"
+            f" {p.version if p.version is not None else '-':>7}  {p.updated_at or '-'}"
+        )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs the demo."""
+    from eventplatform.cli.demo import run_demo
+
+    return run_demo(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="eventplatform",
+        description="Event-sourced services with CQRS read models on PostgreSQL and NATS.",
+        epilog=_ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("schema", help="create event store, platform and read-model tables")
+    p.add_argument("--log", action="append", help="log name (repeatable; default APP_LOG)")
+    p.add_argument(
+        "--projection", action="append", default=[], help="projection module:attr (repeatable)"
+    )
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("relay", help="publish the log's events to JetStream (leader/standby)")
+    p.add_argument("--log", help="log name (default APP_LOG)")
+    p.set_defaults(func=cmd_relay)
+
+    p = sub.add_parser("project", help="run a projection worker")
+    p.add_argument(
+        "projection", help="projection module:attr, e.g. projections:ProductViewProjection"
+    )
+    p.set_defaults(func=cmd_project)
+
+    p = sub.add_parser("handle", help="run an idempotent handler (side effects, retries, DLQ)")
+    p.add_argument("handler", help="handler module:attr (an IdempotentEventHandler)")
+    p.set_defaults(func=cmd_handle)
+
+    p = sub.add_parser("wait", help="wait until a projection has applied a position")
+    p.add_argument("--projection", required=True, help="projection name")
+    p.add_argument("--position", required=True, type=int, help="notification id to wait for")
+    p.add_argument("--log", help="log name (default APP_LOG)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("status", help="log heads, relay and projection positions, lag")
+    p.add_argument(
+        "--log", action="append", help="log name (repeatable; default APP_LOG, else every log)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "demo", help="the whole flow on throwaway servers (or APP_DSN/APP_NATS_URL if set)"
+    )
+    p.set_defaults(func=cmd_demo)
+
+    from eventplatform.cli.dlq import add_dlq_parser
+
+    add_dlq_parser(sub)  # dlq list | show ID | retry ID|--all | discard ID
+    from eventplatform.cli.rebuild import add_rebuild_parser
+
+    add_rebuild_parser(sub)  # rebuild PROJECTION [--verify-only] [--aggregate ID] [--from POS]
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``eventplatform`` command.
+
+    Returns:
+        The exit status: 0 on success, 2 for bad configuration, 1 for other errors.
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = load_settings()
+        func: Callable[[argparse.Namespace, Settings], int] = args.func
+        return func(args, settings)
+    except ConfigurationError as e:
+        print(f"eventplatform: configuration error: {e}", file=sys.stderr)
+        return 2
+    except EventPlatformError as e:
+        print(f"eventplatform: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Leases: one holder at a time, with a fencing token, through any connection pooler.
+
+Offers :class:`Leadership` (stand by, lead, renew, notice the loss) over a
+:class:`LeaseStore` (the PostgreSQL one is :class:`PostgresLeases`). Leadership saves work;
+what keeps writes exactly-once is the token every position-moving commit is conditional on.
+"""
+
+from eventplatform.leases.leadership import (
+    Leadership,
+    Lease,
+    LeaseConfig,
+    LeaseHolder,
+    LeaseLost,
+    LeaseStore,
+    PostgresLeases,
+    new_holder_id,
+)
+
+__all__ = [
+    "Leadership",
+    "Lease",
+    "LeaseConfig",
+    "LeaseHolder",
+    "LeaseLost",
+    "LeaseStore",
+    "PostgresLeases",
+    "new_holder_id",
+]

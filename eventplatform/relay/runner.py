@@ -1,0 +1,162 @@
+"""Running a relay process: settings in, a leading (or standing-by) relay out.
+
+:func:`run_relay` owns its connections, reconnects after a lost database or NATS connection,
+and returns when ``stop`` is set. Only one relay per log is active at a time: leadership is a
+lease row with a fencing token (:mod:`eventplatform.leases`), which also works behind a
+transaction-mode connection pooler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from eventplatform.backoff import backoff, sleep_or_stop
+from eventplatform.errors import BrokerUnavailable, StoreUnavailable
+from eventplatform.leases.leadership import (
+    Leadership,
+    LeaseConfig,
+    LeaseLost,
+    PostgresLeases,
+    new_holder_id,
+)
+from eventplatform.messagebus.nats_broker import NatsBroker, probe, stream_spec
+from eventplatform.relay.event_log import PostgresEventLog
+from eventplatform.relay.positions import PostgresRelayPositions
+from eventplatform.relay.relay import Relay, RelayConfig, RelayedBatch
+from eventplatform.relay.routing import DefaultTopicMapper, TopicMapper
+from eventplatform.settings import Settings
+from eventplatform.store.postgres import connect_async
+
+logger = logging.getLogger(__name__)
+
+
+async def run_relay(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    mapper: TopicMapper | None = None,
+    on_batch: Callable[[RelayedBatch], None] | None = None,
+    lease: LeaseConfig | None = None,
+    holder: str | None = None,
+) -> None:
+    """Runs the relay for ``settings.log`` until ``stop`` is set.
+
+    Several may run for one log: one leads (holds the lease), the others stand by and take
+    over within ``lease.takeover_bound`` seconds when it dies, hangs or loses its database.
+    Lost connections to PostgreSQL or NATS are retried with capped back-off and jitter,
+    logged once per episode; none ends this coroutine. On ``stop`` the current batch's acks
+    are awaited, its position recorded and the lease released.
+
+    Args:
+        settings: platform settings.
+        stop: set it to shut down (the current batch finishes and is recorded).
+        mapper: topic → subject (default ``<prefix>.<Aggregate>.<Event>``).
+        on_batch: called after each recorded batch (demo, metrics).
+        lease: leadership timing (default: 3 s ttl, takeover within 4 s).
+        holder: this relay's holder id in the lease table (default ``host:pid:random``).
+
+    Raises:
+        StreamAheadOfLog: the stream holds events this log does not have.
+        ConfigurationError: ``APP_DSN`` or ``APP_LOG`` is unset.
+    """
+    settings.require_dsn()
+    settings.require_log()
+    broker = NatsBroker(
+        settings.nats_servers,
+        name=f"relay-{settings.log}",
+        max_in_flight=settings.relay_max_in_flight,
+    )
+    holder = holder or new_holder_id()
+    lease = lease or LeaseConfig(ttl=settings.relay_lease_ttl)
+    failures = 0
+    try:
+        if not await _relay_broker_ready(broker, settings, stop):
+            return
+        while not stop.is_set():
+            try:
+                await _lead(settings, broker, stop, mapper, on_batch, lease, holder)
+            except StoreUnavailable as e:
+                failures += 1
+                if failures == 1:
+                    logger.warning("relay lost PostgreSQL: %s; reconnecting", e)
+                await sleep_or_stop(stop, backoff(failures, 0.2, 5.0))
+                continue
+            except LeaseLost as e:
+                logger.warning("relay of %r steps down: %s", settings.log, e)
+                continue
+            if failures:
+                logger.info("relay reconnected to PostgreSQL after %d retries", failures)
+            failures = 0
+    finally:
+        await broker.close()
+
+
+async def _relay_broker_ready(broker: NatsBroker, settings: Settings, stop: asyncio.Event) -> bool:
+    """Connects and ensures the stream, retrying while NATS is away; False if stopped first."""
+    failures = 0
+    connected = False
+    while not stop.is_set():
+        try:
+            if not connected:
+                await probe(settings.nats_servers)
+                await broker.connect()
+                connected = True
+            await broker.ensure_stream(stream_spec(settings))
+            if failures:
+                logger.info("relay reached NATS after %d retries", failures)
+            return True
+        except BrokerUnavailable as e:
+            failures += 1
+            if failures == 1:
+                logger.warning("relay cannot reach NATS: %s; retrying", e)
+            await sleep_or_stop(stop, backoff(failures, 0.2, 2.0))
+    return False
+
+
+async def _lead(
+    settings: Settings,
+    broker: NatsBroker,
+    stop: asyncio.Event,
+    mapper: TopicMapper | None,
+    on_batch: Callable[[RelayedBatch], None] | None,
+    lease_config: LeaseConfig | None,
+    holder: str,
+) -> None:
+    """Stands by for the lease, then relays while it holds it; releases it on the way out."""
+    dsn = settings.require_dsn()
+    async with await connect_async(dsn, "opening the lease connection") as lease_conn:
+        leadership = Leadership(
+            PostgresLeases(lease_conn), settings.log, holder=holder, config=lease_config
+        )
+        lease = await leadership.acquire(stop)
+        if lease is None:
+            return
+        logger.info("relay %s leads log %r (lease token %d)", holder, settings.log, lease.token)
+        keeper = asyncio.create_task(leadership.keep())
+        try:
+            async with (
+                await connect_async(dsn, "opening the relay's reader") as reader,
+                await connect_async(dsn, "opening the LISTEN connection") as listener,
+            ):
+                relay = Relay(
+                    log=PostgresEventLog(reader, listener, settings.log),
+                    broker=broker,
+                    positions=PostgresRelayPositions(reader),
+                    mapper=mapper or DefaultTopicMapper(settings.subject_prefix),
+                    config=RelayConfig(
+                        stream=settings.stream,
+                        batch_size=settings.relay_batch_size,
+                        poll_interval=settings.relay_poll_interval,
+                    ),
+                    on_batch=on_batch,
+                    lease=leadership,
+                )
+                await relay.run(stop)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            await leadership.release()

@@ -1,0 +1,139 @@
+"""The write side: eventsourcing applications whose event table is also the outbox.
+
+Each saved event gets a notification id from the recorder's table, in commit order. That id is
+the outbox cursor the relay follows and the position a caller waits for to read its own write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import IntegrityError, OperationalError, Recording
+from eventsourcing.persistence import InterfaceError as ESInterfaceError
+
+from eventplatform.errors import ConcurrencyConflict, ConfigurationError, StoreUnavailable
+from eventplatform.settings import LOG_NAME, Settings
+from eventplatform.store.postgres import eventsourcing_env
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """What a command tells its caller.
+
+    Attributes:
+        aggregate_id: the aggregate the command changed.
+        version: the aggregate's version after the command.
+        position: the highest notification id the command's events got; pass it to
+            ``wait_for`` to read your own write from a projection.
+    """
+
+    aggregate_id: UUID
+    version: int
+    position: int
+
+
+class EventSourcedApplication(Application[UUID]):
+    """An eventsourcing ``Application`` configured for the platform.
+
+    Subclasses must set ``name``: it names the log (and its table ``<name>_events``) that the
+    relay follows and that consumers see as the CloudEvents ``source``. The class name is not
+    used as a default, because renaming a class must not move its events.
+
+    Persistence is PostgreSQL (from ``APP_DSN``), tables are not created by workers, the
+    snapshotting and caching defaults of eventsourcing are kept. The application's ``name``
+    is the log name: its events live in ``<name>_events`` and the relay follows that table.
+
+    Args:
+        settings: platform settings; the DSN and pool size are taken from them.
+        create_table: let eventsourcing create its tables (tests, demo); production runs the
+            ``eventplatform schema`` command once instead.
+        env: extra eventsourcing variables (they win over the ones derived from settings).
+    """
+
+    #: Whether this very class set ``name`` (eventsourcing otherwise uses the class name).
+    _name_pinned: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Recorded before eventsourcing's hook fills in the class name as a default.
+        cls._name_pinned = "name" in cls.__dict__
+        super().__init_subclass__(**kwargs)
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        create_table: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        check_log_name(type(self))
+        super().__init__(
+            env=eventsourcing_env(
+                settings.require_dsn(),
+                pool_size=settings.pool_size,
+                create_table=create_table,
+                extra=env,
+            )
+        )
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """Saves aggregates atomically, translating store errors to platform errors.
+
+        Raises:
+            ConcurrencyConflict: another writer saved one of these aggregates first.
+            StoreUnavailable: PostgreSQL could not be reached (after eventsourcing's retries).
+        """
+        try:
+            return super().save(*objs, **kwargs)
+        except IntegrityError as e:
+            msg = f"concurrent update of the same aggregate in {self.name!r}: {e}"
+            raise ConcurrencyConflict(msg) from e
+        except (OperationalError, ESInterfaceError) as e:
+            msg = f"event store unavailable while saving to {self.name!r}: {e}"
+            raise StoreUnavailable(msg) from e
+
+    def execute(self, aggregate: Any) -> CommandResult:
+        """Saves one aggregate's pending events and reports where they landed.
+
+        Args:
+            aggregate: the changed aggregate (its pending events are collected).
+
+        Returns:
+            The aggregate's id, new version and the notification id of its last event.
+        """
+        recordings = self.save(aggregate)
+        return CommandResult(
+            aggregate_id=aggregate.id,
+            version=aggregate.version,
+            position=position_of(recordings),
+        )
+
+
+def position_of(recordings: Sequence[Recording[Any]]) -> int:
+    """Returns the highest notification id among recordings (0 when nothing was saved)."""
+    return max((r.notification.id for r in recordings), default=0)
+
+
+def check_log_name(app_class: type[EventSourcedApplication]) -> str:
+    """Returns the log name an application class pinned, or fails saying how to pin it.
+
+    Raises:
+        ConfigurationError: the class sets no ``name`` of its own, or not a valid log name.
+    """
+    if not app_class._name_pinned:
+        msg = (
+            f"{app_class.__qualname__} must set `name` (e.g. name = "
+            f'"{app_class.__name__.lower()}"): it names the log and its table <name>_events'
+        )
+        raise ConfigurationError(msg)
+    name = str(app_class.name)
+    if not LOG_NAME.match(name):
+        msg = (
+            f"{app_class.__qualname__}.name = {name!r} is not a log name: it must start with a "
+            "lowercase letter and hold only a-z, 0-9 and '_' (max 41)"
+        )
+        raise ConfigurationError(msg)
+    return name

@@ -1,0 +1,124 @@
+"""PostgreSQL plumbing shared by the adapters: DSN translation, connections, error mapping.
+
+eventsourcing reads ``POSTGRES_*`` variables while the platform is configured by one DSN
+(``APP_DSN``); :func:`eventsourcing_env` bridges the two so there is a single source of truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from eventplatform.errors import ConfigurationError, StoreUnavailable
+
+#: eventsourcing variables the platform refuses to see switched on (DESIGN invariant 1).
+_FORBIDDEN_TRUE = ("POSTGRES_ENABLE_DB_FUNCTIONS",)
+_TRUE = {"y", "yes", "t", "true", "on", "1"}
+
+
+def eventsourcing_env(
+    dsn: str,
+    *,
+    pool_size: int = 4,
+    create_table: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Translates a libpq DSN into the ``POSTGRES_*`` environment eventsourcing expects.
+
+    Workers run with ``CREATE_TABLE=n``: tables are created once by the schema command,
+    because eventsourcing's ``create_table`` races when several processes run it at once.
+
+    Args:
+        dsn: libpq URI or key=value connection string.
+        pool_size: connections in the application's pool (overflow is capped at the same).
+        create_table: let eventsourcing create its tables on start (tests and demo only).
+        extra: eventsourcing variables to pass through (they win over the defaults).
+
+    Returns:
+        Variables for ``Application(env=...)``.
+
+    Raises:
+        ConfigurationError: the DSN cannot be parsed, or an unsafe option is switched on.
+    """
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as e:
+        msg = f"APP_DSN is not a valid libpq connection string: {e}"
+        raise ConfigurationError(msg) from e
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": str(params.get("dbname") or params.get("user") or "postgres"),
+        "POSTGRES_HOST": str(params.get("host") or "127.0.0.1"),
+        "POSTGRES_PORT": str(params.get("port") or "5432"),
+        "POSTGRES_USER": str(params.get("user") or "postgres"),
+        "POSTGRES_PASSWORD": str(params.get("password") or ""),
+        "POSTGRES_POOL_SIZE": str(pool_size),
+        "POSTGRES_MAX_OVERFLOW": str(pool_size),
+        "POSTGRES_PRE_PING": "y",
+        "POSTGRES_LOCK_TIMEOUT": "5",
+        "CREATE_TABLE": "y" if create_table else "n",
+    }
+    env.update(extra or {})
+    for key in _FORBIDDEN_TRUE:
+        if env.get(key, "").lower() in _TRUE:
+            msg = (
+                f"{key} must stay off: its insert path skips the table lock, commits "
+                "out of notification-id order, and the relay would then miss events"
+            )
+            raise ConfigurationError(msg)
+    return env
+
+
+def translate(e: BaseException, what: str) -> StoreUnavailable:
+    """Wraps a psycopg connection-level error in :class:`StoreUnavailable`.
+
+    Args:
+        e: the driver's error.
+        what: what was being attempted, for the message.
+
+    Returns:
+        The platform error; raise it ``from e``.
+    """
+    return StoreUnavailable(f"PostgreSQL unavailable while {what}: {e}".strip())
+
+
+@contextmanager
+def connect(
+    dsn: str, *, autocommit: bool = False, **kwargs: Any
+) -> Iterator[psycopg.Connection[Any]]:
+    """Opens one connection, translating a dead server into :class:`StoreUnavailable`.
+
+    Args:
+        dsn: libpq connection string.
+        autocommit: open in autocommit mode.
+        **kwargs: passed to :func:`psycopg.connect`.
+
+    Yields:
+        The open connection; closed on exit.
+    """
+    try:
+        conn = psycopg.connect(dsn, autocommit=autocommit, **kwargs)
+    except psycopg.OperationalError as e:
+        raise translate(e, "connecting") from e
+    with conn:
+        yield conn
+
+
+async def connect_async(dsn: str, what: str) -> psycopg.AsyncConnection[Any]:
+    """Opens one autocommit async connection, translating a dead server.
+
+    Args:
+        dsn: libpq connection string.
+        what: what the connection is for, for the error message.
+
+    Raises:
+        StoreUnavailable: PostgreSQL could not be reached.
+    """
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    except psycopg.OperationalError as e:
+        raise translate(e, what) from e
