@@ -19,8 +19,8 @@ from eventplatform.cli.main import main
 from eventplatform.store.schema import create_schema
 from eventplatform.store.waiting import wait_for
 from projections import ProductViewProjection
-from tests.integration.test_rebuild import ShoutingProductView, rows
 from tests.support.platform import running, settings_for
+from tests.support.projections import ShoutingProductView, table_rows
 
 pytestmark = pytest.mark.integration
 
@@ -78,17 +78,17 @@ def test_verify_only_of_an_unchanged_projection_exits_0_and_says_equal(settings,
 
 
 def test_a_changed_projection_exits_1_listing_rows_and_keeps_live(settings, last, capsys):
-    before = rows(settings.dsn, "product_view")
-    assert main(["rebuild", "tests.integration.test_rebuild_cli:ShoutingProductView"]) == 1
+    before = table_rows(settings.dsn, "product_view")
+    assert main(["rebuild", "tests.integration.cli.test_rebuild:ShoutingProductView"]) == 1
     out = capsys.readouterr().out
     assert "30 rows differ, UNEXPECTED" in out
     assert "id=" in out
     assert "not swapped: product_view keeps serving" in out
-    assert rows(settings.dsn, "product_view") == before
-    reference = "tests.integration.test_rebuild_cli:ShoutingProductView"
+    assert table_rows(settings.dsn, "product_view") == before
+    reference = "tests.integration.cli.test_rebuild:ShoutingProductView"
     assert main(["rebuild", reference, "--accept"]) == 0
     assert "swapped: product_view__rebuild now serves as product_view" in capsys.readouterr().out
-    assert rows(settings.dsn, "product_view") != before
+    assert table_rows(settings.dsn, "product_view") != before
 
 
 def shadow_position(dsn: str) -> int:
@@ -100,8 +100,8 @@ def shadow_position(dsn: str) -> int:
 
 
 def test_ctrl_c_exits_130_with_live_untouched_and_the_rerun_finishes(settings, last, capsys):
-    before = rows(settings.dsn, "product_view")
-    reference = "tests.integration.test_rebuild_cli:SlowProductView"
+    before = table_rows(settings.dsn, "product_view")
+    reference = "tests.integration.cli.test_rebuild:SlowProductView"
     process = subprocess.Popen(
         [sys.executable, "-m", "eventplatform", "rebuild", reference, "--batch-size", "5"],
         env={**os.environ, "APP_DSN": settings.dsn, "PYTHONPATH": os.getcwd()},
@@ -121,7 +121,7 @@ def test_ctrl_c_exits_130_with_live_untouched_and_the_rerun_finishes(settings, l
             process.kill()
     assert process.returncode == 130, err
     assert "live read model is untouched" in err
-    assert rows(settings.dsn, "product_view") == before
+    assert table_rows(settings.dsn, "product_view") == before
     halfway = shadow_position(settings.dsn)
     assert 0 < halfway < last
 
@@ -129,4 +129,4 @@ def test_ctrl_c_exits_130_with_live_untouched_and_the_rerun_finishes(settings, l
     out = capsys.readouterr().out
     assert f"resumed the shadow at position {halfway}" in out
     assert "rebuilt read model equals the live one" in out
-    assert rows(settings.dsn, "product_view") == before
+    assert table_rows(settings.dsn, "product_view") == before

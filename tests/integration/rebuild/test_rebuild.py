@@ -19,6 +19,7 @@ from eventplatform.store.schema import create_schema
 from eventplatform.store.waiting import wait_for
 from projections import ProductViewProjection
 from tests.support.platform import running, settings_for
+from tests.support.projections import ShoutingProductView, ShoutingProductViewV2, table_rows
 
 pytestmark = pytest.mark.integration
 
@@ -66,28 +67,6 @@ class SlowEventCounts(EventCounts):
         super().apply_batch(cur, events)
 
 
-class ShoutingProductView(ProductViewProjection):
-    """A deliberately changed projection: names in capitals (same version: a defect)."""
-
-    aggregate_column = "id"
-
-    def apply(self, cur: psycopg.Cursor[Any], event: Any) -> None:
-        super().apply(cur, event)
-        if isinstance(event, (Product.Created, Product.Renamed)):
-            cur.execute(
-                sql.SQL("UPDATE {} SET name = upper(name) WHERE id = %s").format(
-                    sql.Identifier(self.table)
-                ),
-                (event.originator_id,),
-            )
-
-
-class ShoutingProductViewV2(ShoutingProductView):
-    """The same change, declared as a new version: its differences are expected."""
-
-    version = 2
-
-
 @pytest.fixture
 def settings(database_dsn, nats_url, unique_name):
     settings = settings_for(database_dsn, nats_url, unique_name)
@@ -111,12 +90,6 @@ def seed(app: Products, n: int) -> tuple[list[Any], int]:
         ids.append(created.aggregate_id)
         last = app.rename(RenameProduct(product_id=created.aggregate_id, name=f"q{i}")).position
     return ids, last
-
-
-def rows(dsn: str, table: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn) as conn:
-        query = sql.SQL("SELECT * FROM {} ORDER BY 1, 2").format(sql.Identifier(table))
-        return list(conn.execute(query).fetchall())
 
 
 def store_events(dsn: str) -> set[tuple[Any, int]]:
@@ -248,12 +221,12 @@ async def test_a_rebuild_under_load_swaps_in_the_fold_of_the_store_and_readers_n
     assert report.position > seeded + 20, "the handover happened while writers ran"
     assert report.events == events_up_to(settings.dsn, report.position)
     assert len(seen) > 10
-    counts = rows(settings.dsn, "event_counts")
+    counts = table_rows(settings.dsn, "event_counts")
     assert {(r[0], r[1]) for r in counts} == store_events(settings.dsn)
     assert {r[2] for r in counts} == {1}
     assert min(seen) >= 1000, "a reader saw an empty or half-built read model"
     assert seen == sorted(seen), "a reader saw rows disappear"
-    old = rows(settings.dsn, "event_counts__old")
+    old = table_rows(settings.dsn, "event_counts__old")
     assert len(old) < len(counts), "the live worker went on writing into the new table"
     assert not table_exists(settings.dsn, "event_counts__rebuild")
 
@@ -268,7 +241,7 @@ def live_position_of_head(dsn: str) -> int:
 async def test_an_unchanged_projection_rebuilds_equal_and_swaps_with_replaying_set(settings, app):
     _, last = seed(app, 20)
     await project_until(settings, ProductViewProjection(), last)
-    before = rows(settings.dsn, "product_view")
+    before = table_rows(settings.dsn, "product_view")
     replayed = EventCounts()
     create_schema(settings.dsn, projections=[replayed])
 
@@ -278,7 +251,7 @@ async def test_an_unchanged_projection_rebuilds_equal_and_swaps_with_replaying_s
     assert report.comparison is not None
     assert report.comparison.equal
     assert report.comparison.live_rows == report.comparison.shadow_rows == 20
-    assert rows(settings.dsn, "product_view") == before
+    assert table_rows(settings.dsn, "product_view") == before
     assert report.position == last
     assert report.events == 40
     # A projection can ask whether it is replaying: the rebuild's copy is, the original is not.
@@ -294,7 +267,7 @@ async def test_an_unchanged_projection_rebuilds_equal_and_swaps_with_replaying_s
 async def test_a_changed_projection_reports_the_differing_rows_and_swaps_nothing(settings, app):
     ids, last = seed(app, 30)
     await project_until(settings, ProductViewProjection(), last)
-    before = rows(settings.dsn, "product_view")
+    before = table_rows(settings.dsn, "product_view")
 
     report = rebuild(
         settings.dsn, ShoutingProductView(), RebuildOptions(log="products", differences=5)
@@ -308,14 +281,14 @@ async def test_a_changed_projection_reports_the_differing_rows_and_swaps_nothing
     assert all("(changed)" in k and k.startswith("id=") for k in report.comparison.differing)
     assert any(str(i) in " ".join(report.comparison.differing) for i in ids)
     assert any("30 rows differ, UNEXPECTED" in line for line in report.lines())
-    assert rows(settings.dsn, "product_view") == before
+    assert table_rows(settings.dsn, "product_view") == before
     # Accepting swaps the very shadow that was verified.
     accepted = rebuild(
         settings.dsn, ShoutingProductView(), RebuildOptions(log="products", accept=True)
     )
     assert accepted.swapped
     assert accepted.events == 0
-    assert {r[1] for r in rows(settings.dsn, "product_view")} == {f"Q{i}" for i in range(30)}
+    assert {r[1] for r in table_rows(settings.dsn, "product_view")} == {f"Q{i}" for i in range(30)}
 
 
 @pytest.mark.asyncio
@@ -347,7 +320,7 @@ async def test_a_new_version_shows_its_differences_as_expected_and_serves_after_
 async def test_a_rebuild_killed_midway_leaves_live_untouched_and_the_rerun_finishes(settings, app):
     _, last = seed(app, 40)
     await project_until(settings, ProductViewProjection(), last)
-    before = rows(settings.dsn, "product_view")
+    before = table_rows(settings.dsn, "product_view")
 
     class Crash(Exception):
         pass
@@ -370,7 +343,7 @@ async def test_a_rebuild_killed_midway_leaves_live_untouched_and_the_rerun_finis
             RebuildOptions(log="products", batch_size=10),
             progress=CrashAfterTwoBatches(),
         )
-    assert rows(settings.dsn, "product_view") == before
+    assert table_rows(settings.dsn, "product_view") == before
     halfway = live_position(settings.dsn, "product_view#rebuild")
     assert 0 < halfway < last
 
@@ -378,7 +351,7 @@ async def test_a_rebuild_killed_midway_leaves_live_untouched_and_the_rerun_finis
     stop.set()
     with pytest.raises(RebuildInterrupted):
         rebuild(settings.dsn, ProductViewProjection(), PRODUCTS, stop=stop)
-    assert rows(settings.dsn, "product_view") == before
+    assert table_rows(settings.dsn, "product_view") == before
 
     report = rebuild(
         settings.dsn, ProductViewProjection(), RebuildOptions(log="products", batch_size=10)
@@ -388,7 +361,7 @@ async def test_a_rebuild_killed_midway_leaves_live_untouched_and_the_rerun_finis
     assert report.comparison.equal
     assert report.events == last - halfway
     assert any(f"resumed the shadow at position {halfway}" in n for n in report.notes)
-    assert rows(settings.dsn, "product_view") == before
+    assert table_rows(settings.dsn, "product_view") == before
 
 
 @pytest.mark.asyncio
@@ -397,7 +370,7 @@ async def test_one_aggregate_is_rebuilt_in_place_and_only_with_acceptance_when_i
 ):
     ids, last = seed(app, 5)
     await project_until(settings, ProductViewProjection(), last)
-    before = rows(settings.dsn, "product_view")
+    before = table_rows(settings.dsn, "product_view")
     with psycopg.connect(settings.dsn) as conn:
         conn.execute("UPDATE product_view SET name = 'corrupt' WHERE id = %s", (ids[2],))
     options = RebuildOptions(log="products", aggregate=ids[2])
@@ -421,7 +394,7 @@ async def test_one_aggregate_is_rebuilt_in_place_and_only_with_acceptance_when_i
 
     assert fixed.swapped
     assert fixed.events == 2
-    after = rows(settings.dsn, "product_view")
+    after = table_rows(settings.dsn, "product_view")
     assert [r for r in after if r[0] != ids[2]] == [r for r in before if r[0] != ids[2]]
     assert next(r for r in after if r[0] == ids[2])[1] == "Q2"
 
@@ -442,7 +415,7 @@ def test_an_aggregate_rebuild_needs_an_aggregate_column(settings):
 async def test_the_samples_corrupted_row_is_repaired_from_the_store(settings, app):
     ids, last = seed(app, 3)
     await project_until(settings, ProductViewProjection(), last)
-    before = rows(settings.dsn, "product_view")
+    before = table_rows(settings.dsn, "product_view")
     with psycopg.connect(settings.dsn) as conn:
         conn.execute("UPDATE product_view SET name = 'corrupt' WHERE id = %s", (ids[1],))
 
@@ -453,7 +426,7 @@ async def test_the_samples_corrupted_row_is_repaired_from_the_store(settings, ap
     )
 
     assert report.swapped
-    assert rows(settings.dsn, "product_view") == before
+    assert table_rows(settings.dsn, "product_view") == before
 
 
 def test_a_rebuild_from_a_position_replays_only_later_events(settings, app):
@@ -498,7 +471,7 @@ def test_a_topic_filter_reads_only_those_topics(settings, app):
     assert report.position == last
     assert report.comparison is not None
     assert report.comparison.shadow_rows == 6
-    assert set(rows(settings.dsn, "event_counts__rebuild")) == {
+    assert set(table_rows(settings.dsn, "event_counts__rebuild")) == {
         (aggregate, 1, 1) for aggregate, version in store_events(settings.dsn) if version == 1
     }
 
@@ -552,6 +525,6 @@ def test_the_bare_replay_fills_a_table_with_every_event_once_and_resumes(setting
     assert replay_log(settings.dsn, target, log="products", upto=20, batch_size=7) == (20, 20)
     assert replay_log(settings.dsn, target, log="products", batch_size=7) == (last, last - 20)
 
-    counted = rows(settings.dsn, "counted_by_replay")
+    counted = table_rows(settings.dsn, "counted_by_replay")
     assert {(r[0], r[1]) for r in counted} == store_events(settings.dsn)
     assert {r[2] for r in counted} == {1}
