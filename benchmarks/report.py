@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import sys
@@ -14,7 +13,6 @@ from typing import Any
 import psycopg
 
 from benchmarks.harness import Result
-from benchmarks.png import Canvas
 
 
 def machine(dsn: str, nats_url: str, mode: str, seconds: float) -> dict[str, Any]:
@@ -71,7 +69,6 @@ def write_json(path: Path, info: dict[str, Any], results: list[Result]) -> None:
     path.write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n")
 
 
-GREEN, RED, GREY, BLACK = (46, 139, 87), (200, 50, 50), (150, 150, 150), (0, 0, 0)
 _LOW, _HIGH = -3.0, 2.0  # log10 range of the ratio axis
 
 
@@ -82,30 +79,40 @@ def _label(r: Result) -> str:
 
 
 def plot(path: Path, results: list[Result], title: str) -> None:
-    """A horizontal bar chart of ratios on a log axis; the black tick is each target."""
-    left, right, top, bar_h, gap = 560, 150, 60, 22, 12
-    axis_w = 600
-    width = left + axis_w + right
-    height = top + len(results) * (bar_h + gap) + 50
-    canvas = Canvas(width, height)
-    canvas.text(10, 15, title, size=2)
+    """A horizontal bar chart of ratios on a log axis; the black tick is each target.
 
-    def x_of(ratio: float) -> int:
-        value = min(max(math.log10(max(ratio, 1e-9)), _LOW), _HIGH)
-        return left + round((value - _LOW) / (_HIGH - _LOW) * axis_w)
+    Needs matplotlib (``pip install eventplatform[bench]``); drawn with the Agg backend, so no
+    display is needed.
+    """
+    import matplotlib
 
-    for decade in range(int(_LOW), int(_HIGH) + 1):
-        x = x_of(10.0**decade)
-        canvas.rect(x, top - 8, 1, len(results) * (bar_h + gap), GREY)
-        label = f"{10.0**decade:g}"
-        canvas.text(x - len(label) * 6, height - 40, label, GREY, size=2)
-    canvas.text(left, height - 20, "RATIO OURS / BASELINE (LOG)", GREY, size=2)
-    for i, r in enumerate(results):
-        y = top + i * (bar_h + gap)
-        canvas.text(10, y + 4, _label(r), BLACK, size=2)
-        x0, x1 = x_of(1.0), x_of(r.ratio)
-        canvas.rect(min(x0, x1), y, max(abs(x1 - x0), 2), bar_h, GREEN if r.met else RED)
-        canvas.rect(x_of(r.goal) - 1, y - 3, 3, bar_h + 6, BLACK)
-        canvas.text(left + axis_w + 10, y + 4, f"{r.ratio:.3g}", BLACK, size=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    labels = [_label(r) for r in results]
+    ratios = [max(r.ratio, 1e-9) for r in results]
+    figure, axes = pyplot.subplots(figsize=(11, 0.45 * len(results) + 1.5))
+    try:
+        rows = range(len(results))
+        axes.barh(
+            rows,
+            [r - 1.0 for r in ratios],
+            left=1.0,
+            color=["#2e9e4f" if r.met else "#d33c3c" for r in results],
+            height=0.6,
+        )
+        axes.scatter([r.goal for r in results], rows, marker="|", s=300, color="black", zorder=3)
+        for row, ratio in zip(rows, ratios, strict=True):
+            axes.annotate(f"{ratio:.3g}", (ratio, row), xytext=(4, -4), textcoords="offset points")
+        axes.set_xscale("log")
+        axes.set_xlim(10.0**_LOW, 10.0**_HIGH)
+        axes.set_yticks(list(rows), labels)
+        axes.invert_yaxis()
+        axes.axvline(1.0, color="grey", linewidth=0.8)
+        axes.set_xlabel("ratio ours / baseline (log); black tick: target")
+        axes.set_title(title)
+        figure.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=100)
+    finally:
+        pyplot.close(figure)
