@@ -10,10 +10,11 @@ import psycopg.errors
 from psycopg import sql
 
 from eventplatform.errors import SchemaError
+from eventplatform.leases.leadership import relay_lease
 from eventplatform.store.postgres import connect, translate
 from eventplatform.store.schema import (
+    LEASES,
     PROJECTION_VERSIONS,
-    RELAY_LEASES,
     RELAY_POSITIONS,
     TRACKING,
     UNROUTED_EVENTS,
@@ -154,9 +155,9 @@ def _leader(
     cur.execute(
         sql.SQL(
             "SELECT holder, acquired_at, expires_at, token, expires_at > now() FROM {}"
-            " WHERE log = %s"
-        ).format(sql.Identifier(RELAY_LEASES)),
-        (log,),
+            " WHERE name = %s"
+        ).format(sql.Identifier(LEASES)),
+        (relay_lease(log),),
     )
     row = cur.fetchone()
     if row is None:
@@ -180,9 +181,9 @@ def _known_logs(cur: psycopg.Cursor[Any]) -> list[str]:
     """Every log a relay leads or has recorded a position in, or a projection tracks."""
     cur.execute(
         sql.SQL(
-            "SELECT log FROM {} UNION SELECT log FROM {} UNION SELECT log FROM {} ORDER BY 1"
-        ).format(
-            sql.Identifier(RELAY_POSITIONS), sql.Identifier(RELAY_LEASES), sql.Identifier(TRACKING)
-        )
+            "SELECT log FROM {} UNION SELECT log FROM {} UNION"
+            " SELECT substr(name, length('relay:') + 1) FROM {} WHERE name LIKE 'relay:%%'"
+            " ORDER BY 1"
+        ).format(sql.Identifier(RELAY_POSITIONS), sql.Identifier(TRACKING), sql.Identifier(LEASES))
     )
     return [str(row[0]) for row in cur.fetchall()]

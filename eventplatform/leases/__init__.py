@@ -14,6 +14,8 @@ from eventplatform.leases.leadership import (
     LeaseStore,
     PostgresLeases,
     new_holder_id,
+    projection_lease,
+    relay_lease,
 )
 
 __all__ = [
@@ -25,4 +27,6 @@ __all__ = [
     "LeaseStore",
     "PostgresLeases",
     "new_holder_id",
+    "projection_lease",
+    "relay_lease",
 ]

@@ -1,4 +1,4 @@
-"""Relay leadership: one lease row per log, with a fencing token.
+"""Leadership: one lease row per name (a relay's log, a projection), with a fencing token.
 
 Why a lease and not a session advisory lock: a transaction-mode connection pooler (PgBouncer)
 hands each transaction to any server session, so a session lock is neither held nor released
@@ -43,13 +43,14 @@ from psycopg import sql
 from eventplatform.backoff import sleep_or_stop
 from eventplatform.errors import ConfigurationError, EventPlatformError, StoreUnavailable
 from eventplatform.store.postgres import translate
-from eventplatform.store.schema import RELAY_LEASES
+from eventplatform.store.schema import LEASES
 
 logger = logging.getLogger(__name__)
 
 
 class LeaseLost(EventPlatformError):
-    """This process no longer holds (or can no longer trust) the relay lease of its log."""
+    """This process no longer holds (or can no longer trust) its lease; whatever it was about to
+    commit under the lease's token is refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +102,13 @@ class Lease:
     """A held lease.
 
     Attributes:
-        log: the log it is for.
+        name: what it is for (:func:`relay_lease` or :func:`projection_lease`).
         holder: who holds it (``host:pid:random``).
         token: the fencing token; grows with every acquisition.
         acquired_at: when (database clock) this holder acquired it.
     """
 
-    log: str
+    name: str
     holder: str
     token: int
     acquired_at: datetime
@@ -115,13 +116,23 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class LeaseHolder:
-    """Who holds a log's lease, as seen in the table (for standbys and status)."""
+    """Who holds a lease, as seen in the table (for standbys and status)."""
 
     holder: str
     token: int
     acquired_at: datetime
     expires_at: datetime
     expired: bool
+
+
+def relay_lease(log: str) -> str:
+    """The name of the lease whose holder relays ``log``."""
+    return f"relay:{log}"
+
+
+def projection_lease(projection: str) -> str:
+    """The name of the lease whose holder runs the worker of ``projection``."""
+    return f"projection:{projection}"
 
 
 def new_holder_id() -> str:
@@ -132,7 +143,7 @@ def new_holder_id() -> str:
 class LeaseStore(Protocol):
     """Where leases live: a Protocol so the leadership logic is tested against a fake."""
 
-    async def try_acquire(self, log: str, holder: str, ttl: float) -> Lease | None:
+    async def try_acquire(self, name: str, holder: str, ttl: float) -> Lease | None:
         """Takes the lease if free, expired or ``holder``'s own; None otherwise."""
         ...
 
@@ -144,12 +155,12 @@ class LeaseStore(Protocol):
         """Expires ``lease`` now."""
         ...
 
-    async def current(self, log: str) -> LeaseHolder | None:
-        """Who holds (or last held) the lease of ``log``."""
+    async def current(self, name: str) -> LeaseHolder | None:
+        """Who holds (or last held) the lease ``name``."""
         ...
 
 
-_T = sql.Identifier(RELAY_LEASES)
+_T = sql.Identifier(LEASES)
 
 
 class PostgresLeases:
@@ -160,42 +171,43 @@ class PostgresLeases:
     """
 
     _acquire = sql.SQL(
-        "INSERT INTO {t} AS l (log, holder, token, acquired_at, expires_at)"
-        " VALUES (%(log)s, %(holder)s, 1, now(), now() + make_interval(secs => %(ttl)s))"
-        " ON CONFLICT (log) DO UPDATE SET holder = EXCLUDED.holder, token = l.token + 1,"
+        "INSERT INTO {t} AS l (name, holder, token, acquired_at, expires_at)"
+        " VALUES (%(name)s, %(holder)s, 1, now(), now() + make_interval(secs => %(ttl)s))"
+        " ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, token = l.token + 1,"
         " acquired_at = now(), expires_at = EXCLUDED.expires_at"
         " WHERE l.expires_at <= now() OR l.holder = EXCLUDED.holder"
         " RETURNING token, acquired_at"
     ).format(t=_T)
     _renew = sql.SQL(
         "UPDATE {t} SET expires_at = now() + make_interval(secs => %(ttl)s)"
-        " WHERE log = %(log)s AND token = %(token)s AND holder = %(holder)s"
+        " WHERE name = %(name)s AND token = %(token)s AND holder = %(holder)s"
     ).format(t=_T)
     _release = sql.SQL(
-        "UPDATE {t} SET expires_at = now() WHERE log = %(log)s AND token = %(token)s"
+        "UPDATE {t} SET expires_at = now() WHERE name = %(name)s AND token = %(token)s"
     ).format(t=_T)
     _current = sql.SQL(
-        "SELECT holder, token, acquired_at, expires_at, expires_at <= now() FROM {t} WHERE log = %s"
+        "SELECT holder, token, acquired_at, expires_at, expires_at <= now() FROM {t}"
+        " WHERE name = %s"
     ).format(t=_T)
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
 
-    async def try_acquire(self, log: str, holder: str, ttl: float) -> Lease | None:
+    async def try_acquire(self, name: str, holder: str, ttl: float) -> Lease | None:
         """Takes the lease if it is free, expired or already ``holder``'s (new token each time).
 
         Returns:
             The lease, or None while another holder's lease is live.
         """
-        params = {"log": log, "holder": holder, "ttl": ttl}
+        params = {"name": name, "holder": holder, "ttl": ttl}
         try:
             cur = await self._conn.execute(self._acquire, params)
             row = await cur.fetchone()
         except psycopg.OperationalError as e:
-            raise translate(e, f"acquiring the relay lease of {log!r}") from e
+            raise translate(e, f"acquiring the lease {name!r}") from e
         if row is None:
             return None
-        return Lease(log=log, holder=holder, token=int(row[0]), acquired_at=row[1])
+        return Lease(name=name, holder=holder, token=int(row[0]), acquired_at=row[1])
 
     async def renew(self, lease: Lease, ttl: float) -> bool:
         """Extends ``lease`` by ``ttl`` seconds from now.
@@ -203,27 +215,27 @@ class PostgresLeases:
         Returns:
             False when the token is no longer current: someone else took the lease over.
         """
-        params = {"log": lease.log, "holder": lease.holder, "token": lease.token, "ttl": ttl}
+        params = {"name": lease.name, "holder": lease.holder, "token": lease.token, "ttl": ttl}
         try:
             cur = await self._conn.execute(self._renew, params)
         except psycopg.OperationalError as e:
-            raise translate(e, f"renewing the relay lease of {lease.log!r}") from e
+            raise translate(e, f"renewing the lease {lease.name!r}") from e
         return cur.rowcount == 1
 
     async def release(self, lease: Lease) -> None:
         """Expires ``lease`` now so a standby takes over without waiting (no-op if deposed)."""
         try:
-            await self._conn.execute(self._release, {"log": lease.log, "token": lease.token})
+            await self._conn.execute(self._release, {"name": lease.name, "token": lease.token})
         except psycopg.OperationalError as e:
-            raise translate(e, f"releasing the relay lease of {lease.log!r}") from e
+            raise translate(e, f"releasing the lease {lease.name!r}") from e
 
-    async def current(self, log: str) -> LeaseHolder | None:
-        """Who holds (or last held) ``log``'s lease; None if nobody ever did."""
+    async def current(self, name: str) -> LeaseHolder | None:
+        """Who holds (or last held) the lease ``name``; None if nobody ever did."""
         try:
-            cur = await self._conn.execute(self._current, (log,))
+            cur = await self._conn.execute(self._current, (name,))
             row = await cur.fetchone()
         except psycopg.OperationalError as e:
-            raise translate(e, f"reading the relay lease of {log!r}") from e
+            raise translate(e, f"reading the lease {name!r}") from e
         if row is None:
             return None
         return LeaseHolder(
@@ -232,11 +244,11 @@ class PostgresLeases:
 
 
 class Leadership:
-    """Waits for a log's lease as a standby, then keeps it and says when it is lost.
+    """Waits for a lease as a standby, then keeps it and says when it is lost.
 
     Args:
         leases: the lease store (:class:`PostgresLeases`).
-        log: the log to lead.
+        name: the lease, e.g. :func:`relay_lease` of a log.
         holder: this process's holder id (default :func:`new_holder_id`).
         config: timing.
         clock: monotonic seconds (injected by tests).
@@ -245,14 +257,14 @@ class Leadership:
     def __init__(
         self,
         leases: LeaseStore,
-        log: str,
+        name: str,
         *,
         holder: str | None = None,
         config: LeaseConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._leases = leases
-        self.log = log
+        self.name = name
         self.holder = holder or new_holder_id()
         self.config = config or LeaseConfig()
         self._clock = clock
@@ -268,7 +280,7 @@ class Leadership:
             LeaseLost: none is held.
         """
         if self._lease is None:
-            msg = f"no relay lease held for {self.log!r}"
+            msg = f"no lease {self.name!r} held"
             raise LeaseLost(msg)
         return self._lease
 
@@ -287,7 +299,7 @@ class Leadership:
             raise LeaseLost(self._lost)
         lease = self.lease
         if self._clock() >= self._valid_until:
-            msg = f"relay lease of {self.log!r} (token {lease.token}) not renewed within its ttl"
+            msg = f"lease {self.name!r} (token {lease.token}) not renewed within its ttl"
             raise LeaseLost(msg)
 
     async def acquire(self, stop: asyncio.Event) -> Lease | None:
@@ -295,14 +307,14 @@ class Leadership:
         announced: str | None = None
         while not stop.is_set():
             sent = self._clock()
-            lease = await self._leases.try_acquire(self.log, self.holder, self.config.ttl)
+            lease = await self._leases.try_acquire(self.name, self.holder, self.config.ttl)
             if lease is not None:
                 self._lease, self._valid_until, self._lost = lease, sent + self.config.ttl, None
                 return lease
-            current = await self._leases.current(self.log)
+            current = await self._leases.current(self.name)
             other = current.holder if current else "?"
             if announced != other:
-                logger.info("relay of %r standing by: the lease is held by %s", self.log, other)
+                logger.info("standing by for %r: the lease is held by %s", self.name, other)
                 announced = other
             await sleep_or_stop(stop, self.config.poll_every)
         return None
@@ -322,17 +334,17 @@ class Leadership:
                 renewed = await self._leases.renew(lease, self.config.ttl)
             except StoreUnavailable as e:
                 if not failing:
-                    logger.warning("relay lease of %r not renewed: %s", self.log, e)
+                    logger.warning("lease %r not renewed: %s", self.name, e)
                     failing = True
                 if self._clock() >= self._valid_until:
-                    self._lost = f"relay lease of {self.log!r} expired: {e}"
+                    self._lost = f"lease {self.name!r} expired: {e}"
                 continue
             if not renewed:
-                self._lost = f"relay lease of {self.log!r} (token {lease.token}) taken over"
+                self._lost = f"lease {self.name!r} (token {lease.token}) taken over"
                 logger.warning("%s", self._lost)
                 return
             if failing:
-                logger.info("relay lease of %r renewed again", self.log)
+                logger.info("lease %r renewed again", self.name)
                 failing = False
             self._valid_until = sent + self.config.ttl
 
@@ -345,4 +357,4 @@ class Leadership:
         try:
             await self._leases.release(lease)
         except StoreUnavailable as e:
-            logger.debug("releasing the relay lease failed: %s", e)
+            logger.debug("releasing the lease %r failed: %s", self.name, e)

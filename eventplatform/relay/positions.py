@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from eventplatform.leases.leadership import LeaseLost
+from eventplatform.leases.leadership import LeaseLost, relay_lease
 from eventplatform.store.postgres import translate
-from eventplatform.store.schema import RELAY_LEASES, RELAY_POSITIONS, UNROUTED_EVENTS
+from eventplatform.store.schema import LEASES, RELAY_POSITIONS, UNROUTED_EVENTS
 
 
 class PostgresRelayPositions:
@@ -38,13 +38,13 @@ class PostgresRelayPositions:
     # commits first, and the token no longer matches, or waits until this has recorded.
     _fenced_upsert = sql.SQL(
         "WITH lease AS ("
-        " SELECT token FROM {l} WHERE log = %(log)s AND token = %(token)s FOR SHARE),"
+        " SELECT token FROM {l} WHERE name = %(lease)s AND token = %(token)s FOR SHARE),"
         " recorded AS ("
         " INSERT INTO {t} AS t (log, position) SELECT %(log)s, %(position)s FROM lease"
         " ON CONFLICT (log) DO UPDATE SET position = EXCLUDED.position, updated_at = now()"
         " WHERE t.position < EXCLUDED.position RETURNING 1)"
         " SELECT count(*) FROM lease"
-    ).format(l=sql.Identifier(RELAY_LEASES), t=sql.Identifier(RELAY_POSITIONS))
+    ).format(l=sql.Identifier(LEASES), t=sql.Identifier(RELAY_POSITIONS))
     _unrouted = sql.SQL(
         "INSERT INTO {} (log, notification_id, topic) VALUES (%s, %s, %s)"
         " ON CONFLICT (log, notification_id) DO NOTHING"
@@ -79,7 +79,7 @@ class PostgresRelayPositions:
             if token is None:
                 await self._conn.execute(self._upsert, (log, position))
                 return
-            params = {"log": log, "position": position, "token": token}
+            params = {"log": log, "lease": relay_lease(log), "position": position, "token": token}
             cur = await self._conn.execute(self._fenced_upsert, params)
             row = await cur.fetchone()
         except psycopg.OperationalError as e:

@@ -21,6 +21,7 @@ from eventplatform.leases.leadership import (
     LeaseLost,
     PostgresLeases,
     new_holder_id,
+    relay_lease,
 )
 from eventplatform.messagebus.nats_broker import NatsBroker, probe, stream_spec
 from eventplatform.relay.event_log import PostgresEventLog
@@ -129,7 +130,10 @@ async def _lead(
     dsn = settings.require_dsn()
     async with await connect_async(dsn, "opening the lease connection") as lease_conn:
         leadership = Leadership(
-            PostgresLeases(lease_conn), settings.log, holder=holder, config=lease_config
+            PostgresLeases(lease_conn),
+            relay_lease(settings.log),
+            holder=holder,
+            config=lease_config,
         )
         lease = await leadership.acquire(stop)
         if lease is None:

@@ -31,7 +31,7 @@ TRACKING = "eventplatform_tracking"
 DEAD_LETTERS = "eventplatform_dead_letters"
 PROCESSED_EVENTS = "eventplatform_processed_events"
 PARKED_EVENTS = "eventplatform_parked_events"
-RELAY_LEASES = "eventplatform_relay_leases"
+LEASES = "eventplatform_leases"
 UNROUTED_EVENTS = "eventplatform_unrouted_events"
 PROJECTION_VERSIONS = "eventplatform_projection_versions"
 
@@ -115,15 +115,15 @@ _PLATFORM_TABLES = [
     sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (consumer, aggregate, id)").format(
         sql.Identifier(f"{PARKED_EVENTS}_aggregate_idx"), sql.Identifier(PARKED_EVENTS)
     ),
-    # Relay leadership (issue 3): one lease row per log, see leadership.py.
+    # Leases (relay of a log, worker of a projection): one row per name, see leases/.
     sql.SQL(
         "CREATE TABLE IF NOT EXISTS {} ("
-        " log text PRIMARY KEY,"
+        " name text PRIMARY KEY,"
         " holder text NOT NULL,"
         " token bigint NOT NULL,"
         " acquired_at timestamptz NOT NULL DEFAULT now(),"
         " expires_at timestamptz NOT NULL)"
-    ).format(sql.Identifier(RELAY_LEASES)),
+    ).format(sql.Identifier(LEASES)),
     # Events whose topic maps to no subject (issue 3): recorded, never silently dropped.
     sql.SQL(
         "CREATE TABLE IF NOT EXISTS {} ("

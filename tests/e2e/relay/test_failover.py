@@ -87,7 +87,7 @@ def lease(dsn: str) -> tuple[int, int] | None:
     """(pid, token) of the live leader, or None."""
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
-            "SELECT holder, token FROM eventplatform_relay_leases WHERE expires_at > now()"
+            "SELECT holder, token FROM eventplatform_leases WHERE expires_at > now()"
         ).fetchone()
     if row is None:
         return None

@@ -18,7 +18,13 @@ from domain import CreateProduct, Products
 from eventplatform.cli.main import main
 from eventplatform.cli.status import read_status
 from eventplatform.errors import PublishError
-from eventplatform.leases.leadership import Leadership, LeaseConfig, LeaseLost, PostgresLeases
+from eventplatform.leases.leadership import (
+    Leadership,
+    LeaseConfig,
+    LeaseLost,
+    PostgresLeases,
+    relay_lease,
+)
 from eventplatform.messagebus.nats_broker import NatsBroker, OutgoingMessage, stream_spec
 from eventplatform.relay.event_log import PostgresEventLog
 from eventplatform.relay.fencing import FencedPublisher, is_fence_error
@@ -111,7 +117,7 @@ async def parts(settings) -> AsyncIterator[RelayParts]:
 
 async def expire_lease(dsn: str) -> None:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute("UPDATE eventplatform_relay_leases SET expires_at = now()")
+        await conn.execute("UPDATE eventplatform_leases SET expires_at = now()")
 
 
 async def test_a_deposed_leader_can_neither_record_its_position_nor_append_out_of_order(
@@ -119,13 +125,17 @@ async def test_a_deposed_leader_can_neither_record_its_position_nor_append_out_o
 ):
     first = create_products(settings, 3, "A")
     stop = asyncio.Event()
-    old = Leadership(parts.leases, "products", holder="old", config=LeaseConfig(ttl=30))
+    old = Leadership(
+        parts.leases, relay_lease("products"), holder="old", config=LeaseConfig(ttl=30)
+    )
     assert await old.acquire(stop) is not None
     old_relay = parts.relay(old)
     assert await old_relay.relay_once() is not None
     # The old leader hangs; its lease expires and a new leader takes over and publishes.
     await expire_lease(settings.dsn)
-    new = Leadership(parts.leases, "products", holder="new", config=LeaseConfig(ttl=30))
+    new = Leadership(
+        parts.leases, relay_lease("products"), holder="new", config=LeaseConfig(ttl=30)
+    )
     lease = await new.acquire(stop)
     assert lease is not None
     assert lease.token == old.token + 1

@@ -1,4 +1,4 @@
-"""Relay leadership, without a database: a fake lease store and a fake clock."""
+"""Leadership, without a database: a fake lease store and a fake clock."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class InMemoryLeases:
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
-        self.rows: dict[str, tuple[str, int, float]] = {}  # log -> (holder, token, expires)
+        self.rows: dict[str, tuple[str, int, float]] = {}  # name -> (holder, token, expires)
 
     async def try_acquire(self, log: str, holder: str, ttl: float) -> Lease | None:
         now = self.clock()
@@ -28,16 +28,16 @@ class InMemoryLeases:
         return Lease(log, holder, token, datetime.now(UTC))
 
     async def renew(self, lease: Lease, ttl: float) -> bool:
-        row = self.rows.get(lease.log)
+        row = self.rows.get(lease.name)
         if row is None or row[1] != lease.token:
             return False
-        self.rows[lease.log] = (row[0], row[1], self.clock() + ttl)
+        self.rows[lease.name] = (row[0], row[1], self.clock() + ttl)
         return True
 
     async def release(self, lease: Lease) -> None:
-        row = self.rows.get(lease.log)
+        row = self.rows.get(lease.name)
         if row is not None and row[1] == lease.token:
-            self.rows[lease.log] = (row[0], row[1], self.clock())
+            self.rows[lease.name] = (row[0], row[1], self.clock())
 
     async def current(self, log: str) -> LeaseHolder | None:
         row = self.rows.get(log)
@@ -112,7 +112,7 @@ async def test_a_standby_told_to_stop_returns_without_a_lease(leases, clock):
     stop.set()
     standby = Leadership(leases, "products", holder="b", clock=clock)
     assert await standby.acquire(stop) is None
-    with pytest.raises(LeaseLost, match="no relay lease held"):
+    with pytest.raises(LeaseLost, match="no lease .* held"):
         standby.check()
 
 
