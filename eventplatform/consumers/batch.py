@@ -5,10 +5,15 @@ The order inside the transaction, and why:
 1. ``idle_in_transaction_session_timeout`` is set for this transaction: a worker that hangs
    in the middle of a batch (SIGSTOP, a frozen VM) is cut off by PostgreSQL, and the row locks
    it holds go with it, so a standby that took the lease over is not blocked for long.
-2. What is at or below the committed position is skipped (redeliveries, republishes).
-3. Every remaining readable message is checked against the event store
+2. Every readable message is checked against the event store
    (:mod:`~eventplatform.consumers.verification`). A forged one is dead-lettered: it never
-   parks an aggregate and never moves a position.
+   parks an aggregate and never moves a position. A genuine one at or below the committed
+   position is skipped (a redelivery, a republish).
+3. The genuine events are put in log order, and no position moves past an event the batch
+   did not carry: the stored events between the committed position and the highest position
+   the batch carries that it lacks (a genuine later event replayed early, a stream that lost
+   messages) are read from the store and applied in their place. What lies beyond a bounded
+   window is deferred: negatively acknowledged, delivered again later.
 4. The genuine events are planned in order (apply, park behind an open dead letter of their
    aggregate, or dead-letter and park as the head of their aggregate), applied in one
    savepoint, or one savepoint per event when the batch fails, to find what fails.
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -37,8 +42,9 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from eventplatform.consumers.dead_letters import PostgresDeadLetters, is_dead_letter_subject
+from eventplatform.consumers.decoding import EventDecoder
 from eventplatform.consumers.faults import IN_TRANSACTION_ERRORS
-from eventplatform.consumers.intake import Intake
+from eventplatform.consumers.intake import Intake, read_message
 from eventplatform.consumers.parking import PostgresParking
 from eventplatform.consumers.projection import Projection
 from eventplatform.consumers.retry import is_transient
@@ -72,6 +78,9 @@ class BatchResult:
         forged: of those, messages whose claims the event store contradicts.
         parked: events parked behind their aggregate's open dead letter.
         positions: the new position per log after the batch.
+        filled: events the batch lacked, read from the store and applied in their place.
+        deferred: indexes of messages beyond the fill window, to be delivered again later
+            (negatively acknowledged, not acknowledged).
     """
 
     received: int = 0
@@ -81,15 +90,22 @@ class BatchResult:
     forged: int = 0
     parked: int = 0
     positions: dict[str, int] = field(default_factory=dict)
+    filled: int = 0
+    deferred: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    """A message that may change something: ``envelope`` None when unreadable, ``error`` set
-    when it cannot be applied (unreadable, undecodable or forged), ``forged`` when the store
-    contradicts it."""
+    """An event or message that may change something: ``envelope`` None when unreadable,
+    ``error`` set when it cannot be applied (unreadable, undecodable or forged), ``forged`` when
+    the store contradicts it, ``index`` the message's place in the batch (None for an event read
+    from the store to fill a gap)."""
 
-    msg: Msg
+    index: int | None
+    body: bytes
+    subject: str | None
+    headers: dict[str, str] | None
+    delivered: int
     envelope: CloudEvent | None
     event: Any
     error: str | None
@@ -119,6 +135,9 @@ class BatchApplier:
         verifier: checks messages against the store (default: ``StoreVerifier("store")``).
         fence: the lease fence every commit passes (default: none, tests and tools only).
         idle_timeout: seconds PostgreSQL lets a batch transaction sit idle before ending it.
+        decoder: decodes events read from the store to fill a gap (default: the
+            projection's ``event_classes``).
+        fill_limit: stored events looked at per log and batch when filling gaps.
     """
 
     def __init__(
@@ -131,8 +150,12 @@ class BatchApplier:
         verifier: StoreVerifier | None = None,
         fence: Fence | None = None,
         idle_timeout: float = 5.0,
+        decoder: EventDecoder | None = None,
+        fill_limit: int = 10_000,
     ) -> None:
         self.projection = projection
+        self._decoder = decoder or EventDecoder(projection.event_classes)
+        self._fill_limit = fill_limit
         self._pool = pool
         self._prefix = prefix
         self.cursor = cursor or projection.name
@@ -254,6 +277,7 @@ class BatchApplier:
     ) -> dict[str, TrackedPosition]:
         items = self._fresh(msgs, intakes, result)
         self._verify(cur, items)
+        items = self._fill_gaps(cur, items, result)
         items, positions = self._in_order(items, result, msgs)
         name = self.projection.name
         self._parking.lock(cur, name)
@@ -261,34 +285,44 @@ class BatchApplier:
             cur, name, {i.envelope.subject for i in items if i.envelope and not i.forged}
         )
         failures = self._apply_events(conn, cur, items, set(parked), isolate)
-        for planned in _plan(items, set(parked), failures):
-            if planned.kind in ("dead", "head"):
-                letters.append(self._dead_letter(cur, planned, attempt))
-            elif planned.kind == "park":
+        plan = _plan(items, set(parked), failures)
+        for planned in plan:
+            if planned.kind == "park":
                 self._park(cur, planned.item)
                 result.parked += 1
-            else:
+            elif planned.kind == "apply":
                 result.applied += 1
+        # Dead letters in the order their messages came (events filled from the store last).
+        dead = [p for p in plan if p.kind in ("dead", "head")]
+        for planned in sorted(dead, key=_message_order):
+            letters.append(self._dead_letter(cur, planned, attempt))
         result.dead_lettered = len(letters)
         return positions
 
     def _fresh(
         self, msgs: Sequence[Msg], intakes: Sequence[Intake], result: BatchResult
     ) -> list[_Item]:
-        """The messages that may change something: not announcements, not at or below the
-        committed position."""
+        """The messages that may change something (everything but announcements); those at
+        or below the committed position are dropped after verification, so that a forged one
+        still leaves a dead letter."""
         items = []
-        for msg, intake in zip(msgs, intakes, strict=True):
+        for index, (msg, intake) in enumerate(zip(msgs, intakes, strict=True)):
             if is_dead_letter_subject(self._prefix, msg.subject):
                 result.skipped += 1
                 continue
             envelope = intake.envelope
-            if envelope is not None:
-                committed = self.positions.get(envelope.source, _ZERO).position
-                if envelope.sequence <= committed:
-                    result.skipped += 1
-                    continue
-            items.append(_Item(msg, envelope, intake.event, intake.error))
+            items.append(
+                _Item(
+                    index=index,
+                    body=msg.data,
+                    subject=msg.subject,
+                    headers=msg.headers,
+                    delivered=msg.metadata.num_delivered or 1,
+                    envelope=envelope,
+                    event=intake.event,
+                    error=intake.error,
+                )
+            )
         return items
 
     def _verify(self, cur: psycopg.Cursor[Any], items: list[_Item]) -> None:
@@ -296,7 +330,63 @@ class BatchApplier:
         verdicts = self._verifier.verify(cur, [i.envelope for _, i in readable if i.envelope])
         for (n, item), verdict in zip(readable, verdicts, strict=True):
             if verdict is not None:
-                items[n] = _Item(item.msg, item.envelope, None, verdict, forged=True)
+                items[n] = replace(item, event=None, error=verdict, forged=True)
+
+    def _fill_gaps(
+        self, cur: psycopg.Cursor[Any], items: list[_Item], result: BatchResult
+    ) -> list[_Item]:
+        """Genuine events in log order, the stored ones the batch lacks filled in, what lies
+        beyond the fill window deferred; unreadable and forged ones first (they take no
+        position and park nothing)."""
+        rest = [i for i in items if i.envelope is None or i.forged]
+        genuine = []
+        for item in items:
+            if item.envelope is None or item.forged:
+                continue
+            if item.envelope.sequence <= self.positions.get(item.envelope.source, _ZERO).position:
+                result.skipped += 1  # a redelivery or a republish: already applied
+                continue
+            genuine.append(item)
+        by_log: dict[str, list[_Item]] = {}
+        for item in genuine:
+            assert item.envelope is not None
+            by_log.setdefault(item.envelope.source, []).append(item)
+        ordered: list[_Item] = []
+        for log, carried in by_log.items():
+            committed = self.positions.get(log, _ZERO).position
+            sequences = {i.envelope.sequence for i in carried if i.envelope}
+            bodies, reached = self._verifier.missing(
+                cur,
+                log,
+                after=committed,
+                upto=max(sequences),
+                carried=sequences,
+                limit=self._fill_limit,
+            )
+            for body in bodies:
+                intake = read_message(body, self._decoder)
+                ordered.append(
+                    _Item(None, body, None, None, 0, intake.envelope, intake.event, intake.error)
+                )
+            result.filled += len(bodies)
+            for item in carried:
+                assert item.envelope is not None
+                if item.envelope.sequence > reached:
+                    assert item.index is not None
+                    result.deferred.append(item.index)
+                else:
+                    ordered.append(item)
+        if result.filled:
+            logger.warning(
+                "projection %s: %d stored event(s) were not in the batch before a later one;"
+                " applied from the store in their place",
+                self.projection.name,
+                result.filled,
+            )
+        ordered.sort(
+            key=lambda i: (i.envelope.source, i.envelope.sequence) if i.envelope else ("", 0)
+        )
+        return rest + ordered
 
     def _in_order(
         self, items: list[_Item], result: BatchResult, msgs: Sequence[Msg]
@@ -397,12 +487,11 @@ class BatchApplier:
 
     def _dead_letter(self, cur: psycopg.Cursor[Any], planned: _Planned, attempt: int) -> Letter:
         item = planned.item
-        msg = item.msg
         error = planned.error or "unknown error"
         logger.error(
-            "projection %s: dead-lettering message on %s%s: %s",
+            "projection %s: dead-lettering %s%s: %s",
             self.projection.name,
-            msg.subject,
+            f"message on {item.subject}" if item.index is not None else "an event of the store",
             " (parking its aggregate)" if planned.kind == "head" else "",
             error,
         )
@@ -410,15 +499,15 @@ class BatchApplier:
         letter_id = self._letters.record(
             cur,
             consumer=self.projection.name,
-            body=msg.data,
+            body=item.body,
             error=error,
-            attempts=max(attempts, msg.metadata.num_delivered or 1),
-            subject=msg.subject,
-            headers=msg.headers,
+            attempts=max(attempts, item.delivered),
+            subject=item.subject,
+            headers=item.headers,
             envelope=item.envelope,
             parked=planned.kind == "head",
         )
-        return (letter_id, self.projection.name, msg.subject, msg.data, error, attempts)
+        return (letter_id, self.projection.name, item.subject, item.body, error, attempts)
 
     def _park(self, cur: psycopg.Cursor[Any], item: _Item) -> None:
         envelope = item.envelope
@@ -429,13 +518,22 @@ class BatchApplier:
             aggregate=envelope.subject,
             log=envelope.source,
             sequence=envelope.sequence,
-            subject=item.msg.subject,
-            body=item.msg.data,
-            headers=item.msg.headers,
+            subject=item.subject,
+            body=item.body,
+            headers=item.headers,
         )
 
 
 _ZERO = TrackedPosition(0, 0)
+
+
+def _message_order(planned: _Planned) -> tuple[bool, int]:
+    index = planned.item.index
+    return (index is None, index or 0)
+
+
+def _log_order(item: _Item) -> tuple[str, int]:
+    return (item.envelope.source, item.envelope.sequence) if item.envelope else ("", 0)
 
 
 def _plan(

@@ -7,7 +7,8 @@ for data nobody wrote. So before a message moves a position or reaches user code
 are checked against the stored event at that position, in the consumer's own transaction:
 
 * the log has a table here, and an event at ``sequence``;
-* that event is the one the message says: aggregate id, version, topic, CloudEvents ``id``;
+* that event is the one the message says: aggregate id, version, topic, CloudEvents ``id``
+  and ``time``;
 * the message's ``data`` is the stored state (the relay splices the stored bytes verbatim,
   so a byte comparison almost always settles it; otherwise the parsed JSON is compared).
 
@@ -32,7 +33,7 @@ import psycopg
 from psycopg import sql
 
 from eventplatform.errors import ConfigurationError
-from eventplatform.messagebus.cloudevents import CloudEvent, event_id
+from eventplatform.messagebus.cloudevents import CloudEvent, encode, event_id, time_of
 from eventplatform.store.schema import events_table
 
 #: ``store``: check every message against the event store (default); ``broker``: trust what
@@ -97,6 +98,61 @@ class StoreVerifier:
             return True
         return False
 
+    def missing(
+        self,
+        cur: psycopg.Cursor[Any],
+        log: str,
+        *,
+        after: int,
+        upto: int,
+        carried: set[int],
+        limit: int,
+    ) -> tuple[list[bytes], int]:
+        """The stored events in ``after < id <= upto`` that ``carried`` lacks, as messages.
+
+        A worker must not move its position past events it was not given (a replayed later
+        event, or a stream that lost messages): it applies these, read from the store, in
+        their place. Encoded exactly as the relay encodes them, so they take the same path.
+
+        Args:
+            cur: a cursor of the batch's transaction.
+            log: the log.
+            after: the committed position.
+            upto: the highest position the batch carries.
+            carried: the positions the batch carries.
+            limit: at most this many stored events are looked at.
+
+        Returns:
+            The missing events' messages in log order, and the highest position looked at
+            (``upto`` unless ``limit`` cut the range short).
+        """
+        if self.mode == "broker" or not self._has_table(cur, log):
+            return [], upto
+        cur.execute(
+            sql.SQL(
+                "SELECT notification_id FROM {} WHERE notification_id > %s"
+                " AND notification_id <= %s ORDER BY notification_id LIMIT %s"
+            ).format(sql.Identifier(events_table(log))),
+            (after, upto, limit),
+        )
+        ids = [int(r[0]) for r in cur.fetchall()]
+        reached = ids[-1] if len(ids) == limit else upto
+        gaps = [n for n in ids if n not in carried]
+        if not gaps:
+            return [], reached
+        stored = self._stored(cur, log, gaps)
+        return [
+            encode(
+                log=log,
+                notification_id=n,
+                aggregate_id=stored[n].aggregate,
+                version=stored[n].version,
+                topic=stored[n].topic,
+                state=stored[n].state,
+            )
+            for n in gaps
+        ], reached
+
     @staticmethod
     def _stored(cur: psycopg.Cursor[Any], log: str, positions: list[int]) -> dict[int, _Stored]:
         cur.execute(
@@ -127,6 +183,8 @@ def _compare(envelope: CloudEvent, stored: _Stored | None) -> str | None:
         return f"forged: the CloudEvents id of {where} is not {envelope.id}"
     if not _same_data(envelope, stored.state):
         return f"forged: the data of {where} differs from the stored event"
+    if envelope.time != time_of(stored.state):
+        return f"forged: the time of {where} is not the stored event's"
     return None
 
 

@@ -34,7 +34,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from psycopg_pool import ConnectionPool
 
-from eventplatform.consumers.acking import ack_all, keep_alive
+from eventplatform.consumers.acking import ack_all, keep_alive, nak_all
 from eventplatform.consumers.batch import BatchApplier, BatchResult, Letter
 from eventplatform.consumers.dead_letters import publish_dead_letters
 from eventplatform.consumers.decoding import EventDecoder
@@ -172,6 +172,7 @@ class ProjectionWorker:
             verifier=StoreVerifier(config.verification),
             fence=fence,
             idle_timeout=config.idle_timeout,
+            decoder=self._decoder,
         )
         self.durable = config.durable or durable_name(projection)
         self._sub: Any = None
@@ -284,7 +285,10 @@ class ProjectionWorker:
         # Keep the messages ours while we apply and retry, instead of having them redelivered.
         async with keep_alive(msgs, self._config.ack_wait / 3):
             result, letters = await self._settle(msgs, intakes)
-        await ack_all(msgs)
+        deferred = set(result.deferred)
+        await ack_all([m for n, m in enumerate(msgs) if n not in deferred])
+        if deferred:
+            await nak_all([msgs[n] for n in sorted(deferred)], delay=1.0)
         if letters:
             await publish_dead_letters(self._broker.js, self._config.prefix, letters)
         return result

@@ -95,7 +95,7 @@ def encode(
         "sequence": notification_id,
         "aggregateversion": version,
     }
-    timestamp = _timestamp_of(state)
+    timestamp = time_of(state)
     if timestamp is not None:
         envelope["time"] = timestamp
     if traceparent:
@@ -104,7 +104,8 @@ def encode(
     return orjson.dumps(envelope)
 
 
-def _timestamp_of(state: bytes) -> str | None:
+def time_of(state: bytes) -> str | None:
+    """The ``time`` attribute the relay gives an event with this stored state."""
     # eventsourcing writes the timestamp first: '{"timestamp":{"_type_":"datetime_iso",
     # "_data_":"2026-...+00:00"},...'. Slice it out instead of parsing the whole state.
     marker = b'"timestamp":{"_type_":"datetime_iso","_data_":"'
@@ -205,6 +206,10 @@ def decode(body: bytes) -> CloudEvent:
     data = doc.get("data")
     if not isinstance(data, dict):
         msg = f"CloudEvent 'data' must be a JSON object, got {type(data).__name__}"
+        raise DecodeError(msg)
+    content_type = doc.get("datacontenttype", CONTENT_TYPE)
+    if content_type != CONTENT_TYPE:
+        msg = f"CloudEvent 'datacontenttype' must be {CONTENT_TYPE!r}, got {_shown(content_type)}"
         raise DecodeError(msg)
     time = doc.get("time")
     if time is not None and not (isinstance(time, str) and _TIME.match(time)):
