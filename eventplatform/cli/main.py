@@ -34,6 +34,9 @@ configuration (environment):
   APP_RELAY_BATCH_SIZE      notifications per relay batch (default 1000)
   APP_RELAY_POLL_INTERVAL   re-poll when no NOTIFY arrives, seconds (default 1.0)
   APP_RELAY_LEASE_TTL       relay leadership lease, seconds (default 3; takeover <= 4/3 of it)
+  APP_PROJECTION_LEASE_TTL  projection worker lease, seconds (default 3; takeover <= 4/3 of it)
+  APP_EVENT_VERIFICATION    store (default): check consumed messages against the event store;
+                            broker: trust NATS authorisation (read models apart from the store)
   APP_PROJECTION_BATCH_SIZE messages per projection transaction (default 500)
   APP_ACK_WAIT              seconds before JetStream redelivers (default 30)
   APP_POOL_SIZE             connections per pool (default 4)
