@@ -145,6 +145,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             f"{p.projection:<20} {p.log:<12} {p.position:>10} {p.lag:>8}"
             f" {p.version if p.version is not None else '-':>7}  {p.updated_at or '-'}"
         )
+        if p.leader:
+            print(f"  worker: {p.leader} since {p.leader_since}")
     return 0
 
 
