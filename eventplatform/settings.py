@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventplatform.errors import ConfigurationError
@@ -62,6 +62,10 @@ def _dsn(value: str) -> str:
     return value
 
 
+def _unset_if_empty(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 def _max_deliver(value: int) -> int:
     if value != -1 and value < 2:
         msg = "must be -1 (unlimited) or at least 2 (1 would drop a message on its first failure)"
@@ -105,6 +109,12 @@ class Settings(BaseSettings):
         retry_multiplier: growth of the wait per retry.
         retry_cap: longest wait between retries, seconds.
         retry_jitter: randomised fraction of each wait (0..1).
+        metrics_port: serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port (unset:
+            off; 0: any free port, logged); every process on a host needs its own.
+        metrics_host: the address the metrics endpoint binds (default every interface).
+        metrics_interval: seconds between a process's looks at lag, pending messages and
+            its connections (gauges and readiness).
+        log_format: ``text`` (default) or ``json``: one JSON object per line, with labels.
     """
 
     model_config = SettingsConfigDict(env_prefix="APP_", frozen=True, extra="ignore")
@@ -135,6 +145,12 @@ class Settings(BaseSettings):
     retry_multiplier: float = Field(default=2.0, ge=1, le=100)
     retry_cap: float = Field(default=5.0, ge=0, le=3600)
     retry_jitter: float = Field(default=0.5, ge=0, le=1)
+    metrics_port: Annotated[int | None, BeforeValidator(_unset_if_empty)] = Field(
+        default=None, ge=0, le=65535
+    )
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - a container's port is reached from outside
+    metrics_interval: float = Field(default=2.0, gt=0, le=300)
+    log_format: Literal["text", "json"] = "text"
 
     @property
     def nats_servers(self) -> list[str]:

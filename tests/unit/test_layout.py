@@ -12,7 +12,17 @@ import pytest
 import eventplatform
 
 PACKAGE = Path(eventplatform.__file__).parent
-SUBPACKAGES = {"store", "relay", "leases", "consumers", "rebuild", "messagebus", "cli", "testing"}
+SUBPACKAGES = {
+    "store",
+    "relay",
+    "leases",
+    "consumers",
+    "rebuild",
+    "messagebus",
+    "cli",
+    "testing",
+    "observability",
+}
 
 
 def module_name(path: Path) -> str:
@@ -91,7 +101,10 @@ def test_the_parts_depend_on_each_other_in_one_direction_only():
             if part_of(dep) != part_of(module):
                 parts[part_of(module)].add(part_of(dep))
     assert find_cycle(parts) is None, dict(parts)
-    assert parts["store"] <= {"root"}, "the write side depends on nothing but settings and errors"
+    assert parts["store"] <= {"root", "observability"}, (
+        "the write side depends on nothing but settings, errors and the tracing of its saves"
+    )
+    assert parts["observability"] <= {"root"}, "observability is a leaf every part may use"
     assert "cli" not in set().union(*(deps for part, deps in parts.items() if part != "cli"))
 
 
