@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 from eventplatform.cli.loader import load, load_projection
 from eventplatform.errors import ConfigurationError, EventPlatformError
+from eventplatform.observability.logs import configure_logging
+from eventplatform.observability.otel import configure_tracing
+from eventplatform.observability.process import Observability
 from eventplatform.settings import Settings, load_settings
 
 logger = logging.getLogger("eventplatform")
@@ -44,6 +48,13 @@ configuration (environment):
   APP_CONSUMER_MAX_ACK_PENDING   handler consumers (defaults 100, 1.0, 20, 1000)
   APP_RETRY_ATTEMPTS, APP_RETRY_INITIAL, APP_RETRY_MULTIPLIER, APP_RETRY_CAP,
   APP_RETRY_JITTER          retry policy (defaults 5, 0.1 s, 2.0, 5.0 s, 0.5)
+  APP_METRICS_PORT          relay/project/handle serve /metrics, /healthz, /readyz on this port
+                            (unset: off; 0: any free port, logged); one port per process
+  APP_METRICS_HOST          address to bind (default 0.0.0.0)
+  APP_METRICS_INTERVAL      seconds between looks at lag, pending and connections (default 2)
+  APP_LOG_FORMAT            text (default) or json (one object per line, with labels)
+  OTEL_TRACES_EXPORTER      otlp or console: export traces (needs eventplatform[otel]);
+                            OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, OTEL_EXPORTER_OTLP_* as usual
 """
 
 
@@ -56,6 +67,24 @@ def _run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
         await main(stop)
 
     asyncio.run(runner())
+
+
+@contextlib.contextmanager
+def _observed(
+    settings: Settings, component: str, required: Sequence[str]
+) -> Iterator[Observability | None]:
+    """A long-running process's metrics endpoint and trace export, for as long as it runs."""
+    shutdown = configure_tracing(f"eventplatform-{component}")
+    observability = Observability.from_settings(settings, required=required)
+    if observability is not None:
+        observability.start()
+    try:
+        yield observability
+    finally:
+        if observability is not None:
+            observability.stop()
+        if shutdown is not None:
+            shutdown()
 
 
 def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
@@ -80,7 +109,8 @@ def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"log": args.log})
     settings.require_dsn()
     settings.require_log()
-    _run_until_signal(lambda stop: run_relay(settings, stop))
+    with _observed(settings, "relay", ("postgres", "nats", "role")) as observability:
+        _run_until_signal(lambda stop: run_relay(settings, stop, observability=observability))
     return 0
 
 
@@ -90,7 +120,12 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
 
     settings.require_dsn()
     projection = load_projection(args.projection)
-    _run_until_signal(lambda stop: run_projection(settings, projection, stop))
+    labels = {"component": "projection", "projection": projection.name}
+    configure_logging(args.log_level, settings.log_format, labels=labels)
+    with _observed(settings, "projection", ("postgres", "nats", "role")) as observability:
+        _run_until_signal(
+            lambda stop: run_projection(settings, projection, stop, observability=observability)
+        )
     return 0
 
 
@@ -104,7 +139,12 @@ def cmd_handle(args: argparse.Namespace, settings: Settings) -> int:
     if not isinstance(handler, IdempotentEventHandler):
         msg = f"{args.handler!r} is not an IdempotentEventHandler (decorate it with @idempotent)"
         raise ConfigurationError(msg)
-    _run_until_signal(lambda stop: run_handler(settings, handler, stop))
+    labels = {"component": "handler", "handler": handler.name}
+    configure_logging(args.log_level, settings.log_format, labels=labels)
+    with _observed(settings, "handler", ("postgres", "nats")) as observability:
+        _run_until_signal(
+            lambda stop: run_handler(settings, handler, stop, observability=observability)
+        )
     return 0
 
 
@@ -217,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _labels(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
+    """The labels every JSON log line of this process carries (the metrics' labels)."""
+    labels = {"component": str(args.command)}
+    if args.command == "relay" and (args.log or settings.log):
+        labels["log"] = args.log or settings.log
+    return labels
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``eventplatform`` command.
 
@@ -224,13 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 on success, 2 for bad configuration, 1 for other errors.
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level)
     try:
         settings = load_settings()
+        configure_logging(args.log_level, settings.log_format, labels=_labels(args, settings))
         func: Callable[[argparse.Namespace, Settings], int] = args.func
         return func(args, settings)
     except ConfigurationError as e:

@@ -31,6 +31,7 @@ code, which the savepoints isolate per event.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -81,6 +82,10 @@ class BatchResult:
         filled: events the batch lacked, read from the store and applied in their place.
         deferred: indexes of messages beyond the fill window, to be delivered again later
             (negatively acknowledged, not acknowledged).
+        applied_events: the envelope of each applied event and its message's index (None
+            for an event filled in from the store): for event ages and trace spans.
+        began_ns: when the batch transaction began (``time.time_ns()``).
+        committed_ns: when it committed.
     """
 
     received: int = 0
@@ -92,6 +97,9 @@ class BatchResult:
     positions: dict[str, int] = field(default_factory=dict)
     filled: int = 0
     deferred: list[int] = field(default_factory=list)
+    applied_events: list[tuple[CloudEvent, int | None]] = field(default_factory=list)
+    began_ns: int = 0
+    committed_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +214,7 @@ class BatchApplier:
             ProjectionError: the batch failed (transiently, or a defect); nothing was
                 committed.
         """
-        result = BatchResult(received=len(msgs))
+        result = BatchResult(received=len(msgs), began_ns=time.time_ns())
         letters: list[Letter] = []
         name = self.projection.name
         try:
@@ -231,6 +239,7 @@ class BatchApplier:
         except Exception as e:
             msg = f"projection {name!r} failed to apply a batch: {e!r}"
             raise ProjectionError(msg) from e
+        result.committed_ns = time.time_ns()
         self.positions = positions
         result.positions = {log: p.position for log, p in positions.items()}
         return result, letters
@@ -292,6 +301,8 @@ class BatchApplier:
                 result.parked += 1
             elif planned.kind == "apply":
                 result.applied += 1
+                if planned.item.envelope is not None:
+                    result.applied_events.append((planned.item.envelope, planned.item.index))
         # Dead letters in the order their messages came (events filled from the store last).
         dead = [p for p in plan if p.kind in ("dead", "head")]
         for planned in sorted(dead, key=_message_order):

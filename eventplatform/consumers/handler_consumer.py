@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,8 @@ from eventplatform.errors import BrokerUnavailable, ConfigurationError, DecodeEr
 from eventplatform.messagebus import cloudevents
 from eventplatform.messagebus.cloudevents import CloudEvent
 from eventplatform.messagebus.nats_broker import NatsBroker, consumer_name, is_consumer_name
+from eventplatform.observability.metrics import NO_CONSUMER_INSTRUMENTS, ConsumerInstruments
+from eventplatform.observability.tracing import process_span
 from eventplatform.settings import Settings
 from eventplatform.store.postgres import translate
 
@@ -120,13 +123,14 @@ class ConsumerConfig:
 
 @dataclass(slots=True)
 class HandlerBatch:
-    """What one fetch did: counts of each outcome."""
+    """What one fetch did: counts of each outcome (``forged`` is part of ``dead_lettered``)."""
 
     received: int = 0
     handled: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
     ignored: int = 0
+    forged: int = 0
 
 
 class HandlerConsumer:
@@ -139,6 +143,7 @@ class HandlerConsumer:
         config: consumer configuration.
         sleep: waits between retries (tests inject a recorder).
         rng: randomness for jitter (tests inject a seeded one).
+        instruments: what hears of each batch and retry (default: nothing).
     """
 
     def __init__(
@@ -150,8 +155,10 @@ class HandlerConsumer:
         config: ConsumerConfig,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        instruments: ConsumerInstruments = NO_CONSUMER_INSTRUMENTS,
     ) -> None:
         self.handler = handler
+        self._instruments = instruments
         self._broker = broker
         self._pool = pool
         self._config = config
@@ -225,9 +232,11 @@ class HandlerConsumer:
         except nats.errors.Error as e:
             msg = f"fetch for handler {self.handler.name!r} failed: {e!r}"
             raise BrokerUnavailable(msg) from e
+        fetched = time.perf_counter()
         intakes = await asyncio.to_thread(self._read, msgs)
         verdicts = await asyncio.to_thread(self._verify, intakes)
         batch = HandlerBatch(received=len(msgs))
+        handled: list[tuple[str, str | None, float | None]] = []
         for m, intake, verdict in zip(msgs, intakes, verdicts, strict=True):
             try:
                 outcome = await self._process(m, intake, verdict)
@@ -239,7 +248,31 @@ class HandlerConsumer:
                 await self._dead_letter(m, intake.envelope, error, 1)
                 outcome = "dead_lettered"
             setattr(batch, outcome, getattr(batch, outcome) + 1)
+            if outcome == "dead_lettered" and verdict is not None:
+                batch.forged += 1
+            elif outcome == "handled" and intake.envelope is not None:
+                envelope = intake.envelope
+                handled.append((envelope.source, envelope.time, _stored_at(m)))
+        self._observe(batch, handled, time.perf_counter() - fetched)
         return batch
+
+    def _observe(
+        self,
+        batch: HandlerBatch,
+        handled: list[tuple[str, str | None, float | None]],
+        duration: float,
+    ) -> None:
+        if self._instruments is NO_CONSUMER_INSTRUMENTS:
+            return
+        self._instruments.settled(
+            applied=batch.handled,
+            skipped=batch.duplicates + batch.ignored,
+            dead_lettered=batch.dead_lettered,
+            forged=batch.forged,
+            parked=0,
+            duration=duration,
+        )
+        self._instruments.aged(handled, at=time.time())
 
     def _read(self, msgs: list[Msg]) -> list[Intake]:
         return [read_message(m.data, self.handler.decoder) for m in msgs]
@@ -275,11 +308,22 @@ class HandlerConsumer:
             error = f"delivered {delivered} times without an outcome (crash or ack timeout)"
             await self._dead_letter(m, envelope, error, delivered)
             return "dead_lettered"
+        attributes = {
+            "eventplatform.log": envelope.source,
+            "eventplatform.position": envelope.sequence,
+            "messaging.message.id": envelope.id,
+        }
         try:
             async with keep_alive([m], self._config.ack_wait / 3):
-                ran = await self.handler.handle(
-                    self._pool, envelope, event, sleep=self._sleep, rng=self._rng
-                )
+                with process_span(self.handler.name, envelope.traceparent, attributes):
+                    ran = await self.handler.handle(
+                        self._pool,
+                        envelope,
+                        event,
+                        sleep=self._sleep,
+                        rng=self._rng,
+                        on_retry=self._instruments.retried,
+                    )
         except HandlerFailed as e:
             await self._dead_letter(m, envelope, f"{e.__cause__!r}", e.attempts)
             return "dead_lettered"
@@ -315,6 +359,14 @@ class HandlerConsumer:
                 )
         except psycopg.OperationalError as e:
             raise translate(e, f"dead-lettering for {self.handler.name!r}") from e
+
+
+def _stored_at(m: Msg) -> float | None:
+    """When JetStream stored the message, seconds since the epoch (None if unknown)."""
+    try:
+        return m.metadata.timestamp.timestamp()
+    except (nats.errors.Error, ValueError, IndexError):
+        return None
 
 
 def envelope_of(body: bytes) -> CloudEvent | None:

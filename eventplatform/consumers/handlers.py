@@ -122,6 +122,7 @@ class IdempotentEventHandler:
         *,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        on_retry: Callable[[], None] | None = None,
     ) -> bool:
         """Processes an event, retrying per the policy; never blocks the event loop.
 
@@ -131,6 +132,7 @@ class IdempotentEventHandler:
             event: the decoded event passed to the handler.
             sleep: waits between attempts (inject a recorder in tests).
             rng: randomness for the jitter (inject a seeded one in tests).
+            on_retry: called before each retry (metrics count them).
 
         Returns:
             True when the handler ran, False for a duplicate.
@@ -157,6 +159,8 @@ class IdempotentEventHandler:
                         delay,
                         e,
                     )
+                    if on_retry is not None:
+                        on_retry()
                     await sleep(delay)
                     continue
                 if is_outage(e):

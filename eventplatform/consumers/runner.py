@@ -33,6 +33,7 @@ from eventplatform.consumers.handler_consumer import ConsumerConfig, HandlerBatc
 from eventplatform.consumers.handlers import IdempotentEventHandler
 from eventplatform.consumers.projection import Projection
 from eventplatform.consumers.retry import policy_from_settings
+from eventplatform.consumers.sampling import ConsumerSampler
 from eventplatform.consumers.worker import (
     BatchResult,
     ProjectionWorker,
@@ -50,6 +51,8 @@ from eventplatform.leases.leadership import (
     projection_lease,
 )
 from eventplatform.messagebus.nats_broker import NatsBroker, probe, stream_spec
+from eventplatform.observability.metrics import NO_CONSUMER_INSTRUMENTS, ConsumerInstruments
+from eventplatform.observability.process import Observability
 from eventplatform.settings import Settings
 from eventplatform.store.postgres import connect_async
 
@@ -120,6 +123,7 @@ async def run_projection(
     on_batch: Callable[[BatchResult], None] | None = None,
     lease: LeaseConfig | None = None,
     holder: str | None = None,
+    observability: Observability | None = None,
 ) -> None:
     """Runs a projection worker until ``stop`` is set: it leads, or stands by for the lease.
 
@@ -130,6 +134,8 @@ async def run_projection(
         on_batch: called after each committed batch that did something.
         lease: leadership timing (default: ``APP_PROJECTION_LEASE_TTL``).
         holder: this worker's holder id in the lease table (default ``host:pid:random``).
+        observability: where its metrics and readiness go (None: nowhere); the worker then
+            also looks at its positions and consumer every ``observability.interval`` s.
     """
     dsn = settings.require_dsn()
     broker = NatsBroker(settings.nats_servers, name=f"projection-{projection.name}")
@@ -139,6 +145,22 @@ async def run_projection(
     lease = lease or LeaseConfig(ttl=settings.projection_lease_ttl)
     holder = holder or new_holder_id()
     outage = Outage(f"projection {projection.name}")
+    instruments: ConsumerInstruments = NO_CONSUMER_INSTRUMENTS
+    background: list[asyncio.Task[None]] = []
+    if observability is not None:
+        instruments = observability.consumer_metrics("projection", projection.name)
+        sampler = ConsumerSampler(
+            dsn=dsn,
+            broker=broker,
+            stream=settings.stream,
+            instruments=instruments,
+            health=observability.health,
+            interval=observability.interval,
+            projection=projection.name,
+            lease=(projection_lease(projection.name), holder),
+            durable=lambda token: None if token is None else term_consumer_name(projection, token),
+        )
+        background = _observe(observability, sampler, stop)
     try:
         pool.open(wait=False)
         while not stop.is_set():
@@ -147,7 +169,16 @@ async def run_projection(
                     break
                 await ensure_consumer_streams(broker, settings)
                 await _lead_projection(
-                    settings, projection, broker, pool, stop, on_batch, lease, holder, outage
+                    settings,
+                    projection,
+                    broker,
+                    pool,
+                    stop,
+                    on_batch,
+                    lease,
+                    holder,
+                    outage,
+                    instruments,
                 )
             except LeaseLost as e:
                 logger.warning("projection %s steps down: %s", projection.name, e)
@@ -156,8 +187,25 @@ async def run_projection(
                     raise
                 await outage.wait(stop, e)
     finally:
+        await _stop_all(background)
         pool.close()
         await broker.close()
+
+
+def _observe(
+    observability: Observability, sampler: ConsumerSampler, stop: asyncio.Event
+) -> list[asyncio.Task[None]]:
+    """Starts the periodic look and the heartbeat beside the work."""
+    return [
+        asyncio.create_task(sampler.run(stop)),
+        asyncio.create_task(observability.health.heartbeat(stop)),
+    ]
+
+
+async def _stop_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _lead_projection(
@@ -170,6 +218,7 @@ async def _lead_projection(
     lease_config: LeaseConfig,
     holder: str,
     outage: Outage,
+    instruments: ConsumerInstruments,
 ) -> None:
     """Stands by for the lease, then runs the worker while it holds it."""
     name = projection_lease(projection.name)
@@ -205,6 +254,7 @@ async def _lead_projection(
                 ),
                 fence=LeaseFence(name, lease.token),
                 alive=leadership.check,
+                instruments=instruments,
             )
             await worker.start()
             try:
@@ -238,6 +288,7 @@ async def run_handler(
     stop: asyncio.Event,
     *,
     on_batch: Callable[[HandlerBatch], Awaitable[None] | None] | None = None,
+    observability: Observability | None = None,
 ) -> None:
     """Runs a handler consumer until ``stop`` is set; no infrastructure fault ends it.
 
@@ -249,12 +300,28 @@ async def run_handler(
         settings.require_dsn(), min_size=1, max_size=2, open=False, kwargs={"autocommit": False}
     )
     outage = Outage(f"handler {handler.name}")
+    instruments: ConsumerInstruments = NO_CONSUMER_INSTRUMENTS
+    background: list[asyncio.Task[None]] = []
+    if observability is not None:
+        instruments = observability.consumer_metrics("handler", handler.name)
     consumer = HandlerConsumer(
         handler=handler,
         broker=broker,
         pool=pool,
         config=ConsumerConfig.from_settings(settings),
+        instruments=instruments,
     )
+    if observability is not None:
+        sampler = ConsumerSampler(
+            dsn=settings.require_dsn(),
+            broker=broker,
+            stream=settings.stream,
+            instruments=instruments,
+            health=observability.health,
+            interval=observability.interval,
+            durable=lambda _: consumer.durable,
+        )
+        background = _observe(observability, sampler, stop)
     try:
         pool.open(wait=False)
         while not stop.is_set():
@@ -276,5 +343,6 @@ async def run_handler(
                 if result is not None:
                     await result
     finally:
+        await _stop_all(background)
         pool.close()
         await broker.close()

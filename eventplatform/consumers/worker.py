@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,8 @@ from eventplatform.errors import (
 )
 from eventplatform.leases.fence import Fence
 from eventplatform.messagebus.nats_broker import NatsBroker, consumer_name
+from eventplatform.observability import tracing
+from eventplatform.observability.metrics import NO_CONSUMER_INSTRUMENTS, ConsumerInstruments
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +147,7 @@ class ProjectionWorker:
         fence: the lease fence every commit passes (default: none; tests and tools only).
         alive: raises :class:`~eventplatform.leases.LeaseLost` once the lease is lost; asked
             before every fetch and retry (default: never raises).
+        instruments: what hears of each settled batch and retry (default: nothing).
     """
 
     def __init__(
@@ -157,8 +161,10 @@ class ProjectionWorker:
         sleep: Sleep = asyncio.sleep,
         fence: Fence | None = None,
         alive: Callable[[], None] = _noop,
+        instruments: ConsumerInstruments = NO_CONSUMER_INSTRUMENTS,
     ) -> None:
         self.projection = projection
+        self._instruments = instruments
         self._broker = broker
         self._pool = pool
         self._config = config
@@ -285,6 +291,7 @@ class ProjectionWorker:
         msgs, intakes = await (upcoming or self._fetch_and_read())
         if not msgs:
             return BatchResult()
+        fetched = time.perf_counter()
         self._next = asyncio.create_task(self._fetch_and_read())
         # Keep the messages ours while we apply and retry, instead of having them redelivered.
         async with keep_alive(msgs, self._config.ack_wait / 3):
@@ -295,7 +302,49 @@ class ProjectionWorker:
             await nak_all([msgs[n] for n in sorted(deferred)], delay=1.0)
         if letters:
             await publish_dead_letters(self._broker.js, self._config.prefix, letters)
+        self._observe(result, msgs, time.perf_counter() - fetched)
         return result
+
+    def _observe(self, result: BatchResult, msgs: list[Msg], duration: float) -> None:
+        """Tells the instruments what the batch did; records the process spans of its events."""
+        instruments = self._instruments
+        if instruments is not NO_CONSUMER_INSTRUMENTS:
+            instruments.settled(
+                applied=result.applied,
+                skipped=result.skipped,
+                dead_lettered=result.dead_lettered,
+                forged=result.forged,
+                parked=result.parked,
+                duration=duration,
+            )
+            instruments.aged(
+                [
+                    (
+                        envelope.source,
+                        envelope.time,
+                        None if index is None else msgs[index].metadata.timestamp.timestamp(),
+                    )
+                    for envelope, index in result.applied_events
+                ],
+                at=result.committed_ns / 1e9,
+            )
+        if result.applied_events and tracing.enabled():
+            tracing.record_processed(
+                self.projection.name,
+                [
+                    (
+                        envelope.traceparent,
+                        {
+                            "eventplatform.log": envelope.source,
+                            "eventplatform.position": envelope.sequence,
+                        },
+                    )
+                    for envelope, _ in result.applied_events
+                    if envelope.traceparent is not None
+                ],
+                start_ns=result.began_ns,
+                end_ns=result.committed_ns,
+            )
 
     async def close(self) -> None:
         """Stops fetching ahead (what was fetched ahead is redelivered to whoever goes on)."""
@@ -350,6 +399,7 @@ class ProjectionWorker:
                     logger.error(
                         "projection %s: batch failed, retrying: %s", self.projection.name, e
                     )
+                self._instruments.retried()
                 if attempt > policy.attempts:
                     return await self._settle_singly(msgs, intakes, attempt)
                 await self._sleep(policy.delay(min(attempt, max(1, policy.attempts - 1))))
@@ -366,7 +416,7 @@ class ProjectionWorker:
         )
         total = BatchResult(received=len(msgs))
         letters: list[Letter] = []
-        for msg, intake in zip(msgs, intakes, strict=True):
+        for n, (msg, intake) in enumerate(zip(msgs, intakes, strict=True)):
             self._alive()
             try:
                 result, found = await asyncio.to_thread(
@@ -381,6 +431,11 @@ class ProjectionWorker:
                 continue
             for name in ("applied", "skipped", "dead_lettered", "forged", "parked"):
                 setattr(total, name, getattr(total, name) + getattr(result, name))
+            total.applied_events += [
+                (e, None if i is None else n) for e, i in result.applied_events
+            ]
+            total.began_ns = total.began_ns or result.began_ns
+            total.committed_ns = result.committed_ns
             letters += found
         total.positions = self.positions
         return total, letters

@@ -26,6 +26,7 @@ passed along, so a sampling decision made at the command holds end to end.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -59,10 +60,15 @@ def tracer() -> trace.Tracer:
     global _cached
     provider = trace.get_tracer_provider()
     if _cached is None or _cached[0] is not provider:
-        from eventplatform import __version__
-
-        _cached = (provider, provider.get_tracer(TRACER_NAME, __version__))
+        _cached = (provider, provider.get_tracer(TRACER_NAME, _version()))
     return _cached[1]
+
+
+def _version() -> str | None:
+    try:
+        return importlib.metadata.version("eventplatform")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def format_traceparent(context: SpanContext) -> str:

@@ -15,17 +15,20 @@ from psycopg import sql
 
 from eventplatform.store.postgres import translate
 from eventplatform.store.schema import events_table
+from eventplatform.store.trace_context import TRACEPARENT_COLUMN
 
 
 @dataclass(frozen=True, slots=True)
 class Notification:
-    """One stored event with its position in the log."""
+    """One stored event with its position in the log (and the W3C trace context of the save
+    that stored it, if any)."""
 
     id: int
     originator_id: Any
     originator_version: int
     topic: str
     state: bytes
+    traceparent: str | None = None
 
 
 class PostgresEventLog:
@@ -50,14 +53,21 @@ class PostgresEventLog:
         self.log = log
         self._reader = reader
         self._listener = listener
-        table = sql.Identifier(events_table(log))
         self._channel = sql.Identifier(events_table(log))
-        self._select = sql.SQL(
-            "SELECT notification_id, originator_id, originator_version, topic, state"
-            " FROM {} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
-        ).format(table)
-        self._head = sql.SQL("SELECT max(notification_id) FROM {}").format(table)
+        self._table_name = events_table(log)
+        self._select = self._select_with(sql.SQL("NULL"))
+        self._select_traced = self._select_with(sql.Identifier(TRACEPARENT_COLUMN))
+        self._traced: bool | None = None
+        self._head = sql.SQL("SELECT max(notification_id) FROM {}").format(
+            sql.Identifier(self._table_name)
+        )
         self._listening = False
+
+    def _select_with(self, traceparent: sql.Composable) -> sql.Composed:
+        return sql.SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state, {}"
+            " FROM {} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+        ).format(traceparent, sql.Identifier(self._table_name))
 
     async def listen(self) -> None:
         """Starts listening for the recorder's NOTIFY on this log's channel."""
@@ -70,11 +80,24 @@ class PostgresEventLog:
     async def read(self, after: int, limit: int) -> list[Notification]:
         """Returns up to ``limit`` notifications with ids greater than ``after``, in order."""
         try:
-            cur = await self._reader.execute(self._select, (after, limit), prepare=True)
+            if self._traced is None:
+                self._traced = await self._has_trace_column()
+            select = self._select_traced if self._traced else self._select
+            cur = await self._reader.execute(select, (after, limit), prepare=True)
             rows = await cur.fetchall()
         except psycopg.OperationalError as e:
             raise translate(e, f"reading log {self.log!r}") from e
-        return [Notification(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+        return [Notification(r[0], r[1], r[2], r[3], bytes(r[4]), r[5]) for r in rows]
+
+    async def _has_trace_column(self) -> bool:
+        """Whether the table has the ``traceparent`` column (a table created before it had
+        none until ``eventplatform schema`` runs again)."""
+        cur = await self._reader.execute(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+            " AND attname = %s AND NOT attisdropped",
+            (self._table_name, TRACEPARENT_COLUMN),
+        )
+        return await cur.fetchone() is not None
 
     async def head(self) -> int:
         """Returns the highest notification id in the log (0 when empty)."""

@@ -14,12 +14,18 @@ message up to it. Beyond that:
   written to ``eventplatform_unrouted_events`` (shown by ``eventplatform status``).
 
 No database transaction is open while the relay waits on the broker.
+
+Observed, at the cost of a call per batch: :class:`~eventplatform.observability.RelayInstruments`
+hear of each batch (size, duration, ack latency, event ages) and of fence refusals; an event
+stored with a sampled trace gets a ``publish`` span, and every message carries its event's
+``traceparent`` (header and CloudEvents attribute).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,12 +34,18 @@ from eventplatform.backoff import backoff, sleep_or_stop
 from eventplatform.errors import BrokerUnavailable, EventPlatformError, PublishError
 from eventplatform.messagebus import cloudevents
 from eventplatform.messagebus.nats_broker import NatsBroker, OutgoingMessage
+from eventplatform.observability.metrics import NO_RELAY_INSTRUMENTS, RelayInstruments
+from eventplatform.observability.tracing import PublishSpans
 from eventplatform.relay.event_log import Notification, PostgresEventLog
 from eventplatform.relay.fencing import FencedPublisher, fence_headers, is_fence_error, read_tail
 from eventplatform.relay.positions import PostgresRelayPositions
 from eventplatform.relay.routing import TopicMapper
 
 logger = logging.getLogger(__name__)
+
+#: The message header that carries the event's W3C trace context (as the CloudEvents
+#: distributed-tracing extension does in the body).
+TRACEPARENT_HEADER = "traceparent"
 
 
 class StreamAheadOfLog(EventPlatformError):
@@ -97,8 +109,9 @@ class Relay:
         positions: the relay-position store.
         mapper: topic → subject (``None``: unrouted, recorded instead of published).
         config: batching and waiting.
-        on_batch: called after each recorded batch (observers: demo, metrics, tests).
+        on_batch: called after each recorded batch (observers: demo, tests).
         lease: the leadership to fence with (None: unfenced position writes, tests only).
+        instruments: what hears of each batch and fence refusal (default: nothing).
     """
 
     def __init__(
@@ -111,8 +124,11 @@ class Relay:
         config: RelayConfig | None = None,
         on_batch: Callable[[RelayedBatch], None] | None = None,
         lease: LeaseGuard | None = None,
+        instruments: RelayInstruments = NO_RELAY_INSTRUMENTS,
     ) -> None:
         self._log = log
+        self._instruments = instruments
+        self._timed = instruments is not NO_RELAY_INSTRUMENTS
         self._broker = broker
         self._positions = positions
         self._mapper = mapper
@@ -161,6 +177,7 @@ class Relay:
                 self._last_sequence = None
                 if is_fence_error(e):
                     fenced += 1
+                    self._instruments.fenced_off()
                     logger.info(
                         "relay of %r fenced off (%s); re-reading the stream", self._log.log, e
                     )
@@ -226,15 +243,25 @@ class Relay:
         """
         if self._last_sequence is None:
             await self.reconcile()
+        started = time.perf_counter()
         notifications = await self._log.read(self.position, self._config.batch_size)
         if not notifications:
             return None
-        messages, unrouted = self._messages(notifications)
+        spans = PublishSpans()
+        messages, unrouted, times = self._messages(notifications, spans)
         duplicates = 0
+        ack_latency = 0.0
         if messages:
-            self._check_lease()
-            publisher = FencedPublisher(self._broker.nc)
-            acks = await publisher.publish_batch(messages, timeout=self._config.ack_timeout)
+            publishing = time.perf_counter()
+            try:
+                self._check_lease()
+                publisher = FencedPublisher(self._broker.nc)
+                acks = await publisher.publish_batch(messages, timeout=self._config.ack_timeout)
+            except BaseException as e:
+                spans.end(e)
+                raise
+            ack_latency = time.perf_counter() - publishing
+            spans.end()
             duplicates = sum(1 for a in acks if a.duplicate)
             # A duplicate means someone else published that message: re-read the tail.
             self._last_sequence = None if duplicates else int(acks[-1].seq)
@@ -247,7 +274,16 @@ class Relay:
                 unrouted[0][1],
             )
         last = notifications[-1].id
+        acked_at = time.time()
         await self._record(last)
+        self._instruments.published(
+            messages=len(messages),
+            duplicates=duplicates,
+            duration=time.perf_counter() - started,
+            ack_latency=ack_latency,
+            event_times=times,
+            acked_at=acked_at,
+        )
         return RelayedBatch(
             first=notifications[0].id,
             last=last,
@@ -266,10 +302,13 @@ class Relay:
             self._lease.check()
 
     def _messages(
-        self, notifications: list[Notification]
-    ) -> tuple[list[OutgoingMessage], list[tuple[int, str]]]:
+        self, notifications: list[Notification], spans: PublishSpans
+    ) -> tuple[list[OutgoingMessage], list[tuple[int, str]], list[str | None]]:
+        """The messages of a batch, its unrouted events, and (when measured) the stored
+        times of the published events."""
         messages: list[OutgoingMessage] = []
         unrouted: list[tuple[int, str]] = []
+        times: list[str | None] = []
         previous: str | None = None
         for n in notifications:
             subject = self._mapper(n.topic)
@@ -277,6 +316,17 @@ class Relay:
                 unrouted.append((n.id, n.topic))
                 continue
             msg_id = cloudevents.message_id(self._log.log, n.id)
+            headers = fence_headers(previous, self._last_sequence)
+            traceparent = None
+            if n.traceparent is not None:
+                traceparent = spans.begin(
+                    n.traceparent,
+                    subject=subject,
+                    message_id=msg_id,
+                    attributes={"eventplatform.log": self._log.log, "eventplatform.position": n.id},
+                )
+                if traceparent is not None:
+                    headers[TRACEPARENT_HEADER] = traceparent
             body = cloudevents.encode(
                 log=self._log.log,
                 notification_id=n.id,
@@ -284,17 +334,15 @@ class Relay:
                 version=n.originator_version,
                 topic=n.topic,
                 state=n.state,
+                traceparent=traceparent,
             )
             messages.append(
-                OutgoingMessage(
-                    subject=subject,
-                    body=body,
-                    msg_id=msg_id,
-                    headers=fence_headers(previous, self._last_sequence),
-                )
+                OutgoingMessage(subject=subject, body=body, msg_id=msg_id, headers=headers)
             )
+            if self._timed:
+                times.append(cloudevents.time_of(n.state))
             previous = msg_id
-        return messages, unrouted
+        return messages, unrouted, times
 
     async def _wait_for_news(self, stop: asyncio.Event) -> None:
         # Not raced against ``stop``: cancelling a pending notifies() can leave the

@@ -24,10 +24,13 @@ from eventplatform.leases.leadership import (
     relay_lease,
 )
 from eventplatform.messagebus.nats_broker import NatsBroker, probe, stream_spec
+from eventplatform.observability.metrics import NO_RELAY_INSTRUMENTS, RelayInstruments
+from eventplatform.observability.process import Observability
 from eventplatform.relay.event_log import PostgresEventLog
 from eventplatform.relay.positions import PostgresRelayPositions
 from eventplatform.relay.relay import Relay, RelayConfig, RelayedBatch
 from eventplatform.relay.routing import DefaultTopicMapper, TopicMapper
+from eventplatform.relay.sampling import RelaySampler
 from eventplatform.settings import Settings
 from eventplatform.store.postgres import connect_async
 
@@ -42,6 +45,7 @@ async def run_relay(
     on_batch: Callable[[RelayedBatch], None] | None = None,
     lease: LeaseConfig | None = None,
     holder: str | None = None,
+    observability: Observability | None = None,
 ) -> None:
     """Runs the relay for ``settings.log`` until ``stop`` is set.
 
@@ -58,6 +62,8 @@ async def run_relay(
         on_batch: called after each recorded batch (demo, metrics).
         lease: leadership timing (default: 3 s ttl, takeover within 4 s).
         holder: this relay's holder id in the lease table (default ``host:pid:random``).
+        observability: where its metrics and readiness go (None: nowhere); the relay then
+            also looks at its log every ``observability.interval`` seconds.
 
     Raises:
         StreamAheadOfLog: the stream holds events this log does not have.
@@ -72,13 +78,48 @@ async def run_relay(
     )
     holder = holder or new_holder_id()
     lease = lease or LeaseConfig(ttl=settings.relay_lease_ttl)
+    instruments: RelayInstruments = NO_RELAY_INSTRUMENTS
+    background: list[asyncio.Task[None]] = []
+    if observability is not None:
+        instruments = observability.relay_metrics(settings.log)
+        sampler = RelaySampler(
+            dsn=settings.require_dsn(),
+            log=settings.log,
+            holder=holder,
+            broker=broker,
+            instruments=instruments,
+            health=observability.health,
+            interval=observability.interval,
+        )
+        background = [
+            asyncio.create_task(sampler.run(stop)),
+            asyncio.create_task(observability.health.heartbeat(stop)),
+        ]
     failures = 0
+
+    def reached_postgres() -> None:
+        nonlocal failures
+        if failures:
+            logger.info("relay reconnected to PostgreSQL after %d retries", failures)
+            instruments.reconnected("postgres")
+        failures = 0
+
     try:
         if not await _relay_broker_ready(broker, settings, stop):
             return
         while not stop.is_set():
             try:
-                await _lead(settings, broker, stop, mapper, on_batch, lease, holder)
+                await _lead(
+                    settings,
+                    broker,
+                    stop,
+                    mapper,
+                    on_batch,
+                    lease,
+                    holder,
+                    instruments,
+                    reached_postgres,
+                )
             except StoreUnavailable as e:
                 failures += 1
                 if failures == 1:
@@ -88,10 +129,11 @@ async def run_relay(
             except LeaseLost as e:
                 logger.warning("relay of %r steps down: %s", settings.log, e)
                 continue
-            if failures:
-                logger.info("relay reconnected to PostgreSQL after %d retries", failures)
-            failures = 0
+            reached_postgres()
     finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await broker.close()
 
 
@@ -125,10 +167,13 @@ async def _lead(
     on_batch: Callable[[RelayedBatch], None] | None,
     lease_config: LeaseConfig | None,
     holder: str,
+    instruments: RelayInstruments,
+    reached_postgres: Callable[[], None],
 ) -> None:
     """Stands by for the lease, then relays while it holds it; releases it on the way out."""
     dsn = settings.require_dsn()
     async with await connect_async(dsn, "opening the lease connection") as lease_conn:
+        reached_postgres()
         leadership = Leadership(
             PostgresLeases(lease_conn),
             relay_lease(settings.log),
@@ -157,6 +202,7 @@ async def _lead(
                     ),
                     on_batch=on_batch,
                     lease=leadership,
+                    instruments=instruments,
                 )
                 await relay.run(stop)
         finally:

@@ -16,6 +16,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError, Recordin
 from eventsourcing.persistence import InterfaceError as ESInterfaceError
 
 from eventplatform.errors import ConcurrencyConflict, ConfigurationError, StoreUnavailable
+from eventplatform.observability.tracing import save_span
 from eventplatform.settings import LOG_NAME, Settings
 from eventplatform.store.postgres import eventsourcing_env
 
@@ -82,10 +83,19 @@ class EventSourcedApplication(Application[UUID]):
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Saves aggregates atomically, translating store errors to platform errors.
 
+        Runs in a span ``save <log>`` when tracing is on; the span's W3C ``traceparent``
+        (or, without an SDK, the current context's) is stored with the events.
+
         Raises:
             ConcurrencyConflict: another writer saved one of these aggregates first.
             StoreUnavailable: PostgreSQL could not be reached (after eventsourcing's retries).
         """
+        with save_span(self.name) as traceparent:
+            if traceparent is not None:
+                kwargs["traceparent"] = traceparent
+            return self._save(*objs, **kwargs)
+
+    def _save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         try:
             return super().save(*objs, **kwargs)
         except IntegrityError as e:

@@ -61,6 +61,8 @@ def eventsourcing_env(
         "POSTGRES_PRE_PING": "y",
         "POSTGRES_LOCK_TIMEOUT": "5",
         "CREATE_TABLE": "y" if create_table else "n",
+        # eventsourcing's recorder, plus the traceparent of each save (store/trace_context.py).
+        "APPLICATION_RECORDER_TOPIC": "eventplatform.store.trace_context:TraceContextRecorder",
     }
     env.update(extra or {})
     for key in _FORBIDDEN_TRUE:
