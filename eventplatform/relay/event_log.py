@@ -56,6 +56,11 @@ class PostgresEventLog:
             "SELECT notification_id, originator_id, originator_version, topic, state"
             " FROM {} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
         ).format(table)
+        self._between = sql.SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state"
+            " FROM {} WHERE notification_id > %s AND notification_id <= %s"
+            " ORDER BY notification_id"
+        ).format(table)
         self._head = sql.SQL("SELECT max(notification_id) FROM {}").format(table)
         self._listening = False
 
@@ -71,6 +76,17 @@ class PostgresEventLog:
         """Returns up to ``limit`` notifications with ids greater than ``after``, in order."""
         try:
             cur = await self._reader.execute(self._select, (after, limit), prepare=True)
+            rows = await cur.fetchall()
+        except psycopg.OperationalError as e:
+            raise translate(e, f"reading log {self.log!r}") from e
+        return [Notification(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+
+    async def between(self, after: int, upto: int) -> list[Notification]:
+        """Returns every notification with an id greater than ``after`` and up to ``upto``."""
+        if upto <= after:
+            return []
+        try:
+            cur = await self._reader.execute(self._between, (after, upto))
             rows = await cur.fetchall()
         except psycopg.OperationalError as e:
             raise translate(e, f"reading log {self.log!r}") from e
