@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from eventplatform.errors import PublishError
-from eventplatform.relay.fencing import Refused, fence_headers, is_fence_error, notification_of
+from eventplatform.relay.fencing import (
+    Refused,
+    fence_headers,
+    is_fence_error,
+    notification_of,
+)
 
 
 def test_the_first_message_after_the_tail_expects_the_streams_last_sequence():
@@ -29,6 +34,11 @@ def test_without_a_known_tail_no_header_can_be_made():
         ("orders:12", None),
         ("dlq:products:12", None),
         ("products:x", None),
+        ("products:\u00b2", None),  # a digit to str.isdigit, not to int
+        ("products:\u0663", None),  # Arabic-Indic three
+        ("products:-1", None),
+        (f"products:{2**63 - 1}", 2**63 - 1),
+        (f"products:{2**63}", None),  # beyond bigint
         ("products", None),
         ("", None),
         (None, None),
