@@ -62,6 +62,11 @@ class PostgresEventLog:
             " ORDER BY notification_id"
         ).format(table)
         self._head = sql.SQL("SELECT max(notification_id) FROM {}").format(table)
+        self._sizes = sql.SQL(
+            "SELECT coalesce(max(octet_length(state)), 0),"
+            " count(*) FILTER (WHERE octet_length(state) > %s)"
+            " FROM {} WHERE notification_id > %s"
+        ).format(table)
         self._listening = False
 
     async def listen(self) -> None:
@@ -91,6 +96,19 @@ class PostgresEventLog:
         except psycopg.OperationalError as e:
             raise translate(e, f"reading log {self.log!r}") from e
         return [Notification(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+
+    async def state_sizes(self, after: int, limit: int) -> tuple[int, int]:
+        """The largest stored state after ``after``, and how many states exceed ``limit`` bytes.
+
+        Only the part of the log the relay has yet to publish: what was published fitted, and
+        what did not is recorded as oversized.
+        """
+        try:
+            cur = await self._reader.execute(self._sizes, (limit, after))
+            row = await cur.fetchone()
+        except psycopg.OperationalError as e:
+            raise translate(e, f"reading the event sizes of {self.log!r}") from e
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def head(self) -> int:
         """Returns the highest notification id in the log (0 when empty)."""

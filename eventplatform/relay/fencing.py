@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import nats.errors
 import nats.js.errors
@@ -44,6 +44,8 @@ EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
 #: JetStream error codes of a failed expectation (JSStreamWrongLastMsgIDErrF, ...SequenceErrF).
 FENCE_ERROR_CODES = frozenset({10070, 10071})
+#: ``NATS/1.0\r\n`` before the headers and ``\r\n`` after them, as nats-py writes them.
+_HEADER_FRAME = len(b"NATS/1.0\r\n\r\n")
 
 
 class Refused(PublishError):
@@ -207,6 +209,19 @@ def fence_headers(previous_msg_id: str | None, last_sequence: int | None) -> dic
         msg = "neither the previous message id nor the stream's last sequence is known"
         raise ValueError(msg)
     return {EXPECTED_LAST_SEQUENCE: str(last_sequence)}
+
+
+def wire_size(body: bytes, msg_id: str, headers: Mapping[str, str] | None) -> int:
+    """Bytes a message counts against the server's ``max_payload``: payload and headers.
+
+    nats-py checks only the payload before sending; the server counts both and closes the
+    connection of a client that sends more than ``max_payload``.
+    """
+    size = _HEADER_FRAME + len(body) + len(MSG_ID_HEADER) + 4 + len(msg_id.encode())
+    if headers:
+        for key, value in headers.items():
+            size += len(key.encode()) + 4 + len(value.encode())
+    return size
 
 
 #: The largest notification id: PostgreSQL's bigint.

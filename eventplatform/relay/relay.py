@@ -19,8 +19,10 @@ message up to it. Beyond that:
   and compared with the stored event; if it is not the relay's, the position stays before the
   event and the relay retries, logging one error, until JetStream has forgotten the id and
   takes the event (:class:`ForeignDuplicate`).
-* **Unrouted events are recorded**, not dropped: an event whose topic maps to no subject is
-  written to ``eventplatform_unrouted_events`` (shown by ``eventplatform status``).
+* **Unrouted and oversized events are recorded**, not dropped and not retried forever: an event
+  whose topic maps to no subject goes to ``eventplatform_unrouted_events``, one larger than the
+  server's ``max_payload`` to ``eventplatform_oversized_events`` (both shown by
+  ``eventplatform status``); its position passes, consumers see a gap they tolerate.
 
 No database transaction is open while the relay waits on the broker.
 """
@@ -45,6 +47,7 @@ from eventplatform.relay.fencing import (
     Refused,
     fence_headers,
     is_fence_error,
+    wire_size,
 )
 from eventplatform.relay.genuine import carries
 from eventplatform.relay.positions import PostgresRelayPositions
@@ -62,6 +65,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Bodies shorter than ``max_payload`` by more than this fit whatever their headers; longer
+#: ones are measured exactly (:func:`~eventplatform.relay.fencing.wire_size`).
+_HEADER_ROOM = 1024
 
 
 class ForeignDuplicate(PublishError):
@@ -131,6 +138,7 @@ class RelayedBatch:
     messages: Sequence[OutgoingMessage]
     duplicates: int
     unrouted: int = 0
+    oversized: int = 0
 
 
 @dataclass(slots=True)
@@ -141,6 +149,8 @@ class _Prepared:
     #: the stored event of each message, index for index
     sources: list[Notification] = field(default_factory=list)
     unrouted: list[tuple[int, str]] = field(default_factory=list)
+    #: (notification id, topic, size with headers, max_payload)
+    oversized: list[tuple[int, str, int, int]] = field(default_factory=list)
 
 
 class Relay:
@@ -199,6 +209,7 @@ class Relay:
         await self._log.listen()
         self.position = await self._positions.get(self._log.log)
         logger.info("relay of %r starts after position %d", self._log.log, self.position)
+        await self._warn_of_oversized()
         failures = 0
         fenced = 0
         held = 0
@@ -358,6 +369,7 @@ class Relay:
             messages=prepared.messages,
             duplicates=duplicates,
             unrouted=len(prepared.unrouted),
+            oversized=len(prepared.oversized),
         )
 
     async def _publish(
@@ -471,10 +483,28 @@ class Relay:
             log,
         )
 
+    async def _warn_of_oversized(self) -> None:
+        """Warns when unpublished events are larger than the server's ``max_payload``."""
+        limit = int(self._broker.nc.max_payload)
+        largest, over = await self._log.state_sizes(self.position, limit - _HEADER_ROOM)
+        if over:
+            logger.warning(
+                "relay of %r: %d unpublished event(s) are too large or nearly too large for"
+                " this NATS server (max_payload %d bytes; the largest event's state is %d"
+                " bytes, plus envelope and headers): those that do not fit are recorded in"
+                " eventplatform_oversized_events and skipped. Raise max_payload to publish"
+                " them (see the README, oversized events)",
+                self._log.log,
+                over,
+                limit,
+                largest,
+            )
+
     async def _record_skipped(self, prepared: _Prepared, *, before: int | None = None) -> None:
-        """Records the batch's unrouted events (only those below ``before``)."""
+        """Records the batch's unrouted and oversized events (only those below ``before``)."""
         log = self._log.log
         unrouted = [u for u in prepared.unrouted if before is None or u[0] < before]
+        oversized = [o for o in prepared.oversized if before is None or o[0] < before]
         if unrouted:
             await self._positions.record_unrouted(log, unrouted)
             logger.warning(
@@ -483,6 +513,21 @@ class Relay:
                 len(unrouted),
                 unrouted[0][1],
             )
+        if oversized:
+            await self._positions.record_oversized(log, oversized)
+            for notification, topic, size, limit in oversized:
+                logger.warning(
+                    "relay of %r: %s:%d (%s) is %d bytes with headers, above NATS max_payload"
+                    " %d: recorded in eventplatform_oversized_events and skipped; consumers"
+                    " will not see it until it is republished (see the README, oversized"
+                    " events)",
+                    log,
+                    log,
+                    notification,
+                    topic,
+                    size,
+                    limit,
+                )
 
     async def _record(self, position: int) -> None:
         token = self._lease.token if self._lease is not None else None
@@ -494,7 +539,7 @@ class Relay:
             self._lease.check()
 
     def _publishes(self, notification: Notification) -> bool:
-        """Whether the relay publishes ``notification`` (whether it is routed)."""
+        """Whether the relay publishes ``notification`` (routed, and small enough)."""
         prepared = self._prepare([notification], 0)
         return bool(prepared.messages)
 
@@ -503,6 +548,8 @@ class Relay:
         prepared = _Prepared()
         messages, sources = prepared.messages, prepared.sources
         log = self._log.log
+        max_payload = int(self._broker.nc.max_payload)
+        roomy = max_payload - _HEADER_ROOM
         previous: str | None = None
         for n in notifications:
             subject = self._mapper(n.topic)
@@ -519,6 +566,11 @@ class Relay:
                 state=n.state,
             )
             headers = fence_headers(previous, last_sequence)
+            if len(body) > roomy:
+                size = wire_size(body, msg_id, headers)
+                if size > max_payload:
+                    prepared.oversized.append((n.id, n.topic, size, max_payload))
+                    continue
             messages.append(OutgoingMessage(subject, body, msg_id, headers))
             sources.append(n)
             previous = msg_id

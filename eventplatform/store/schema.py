@@ -33,6 +33,7 @@ PROCESSED_EVENTS = "eventplatform_processed_events"
 PARKED_EVENTS = "eventplatform_parked_events"
 LEASES = "eventplatform_leases"
 UNROUTED_EVENTS = "eventplatform_unrouted_events"
+OVERSIZED_EVENTS = "eventplatform_oversized_events"
 PROJECTION_VERSIONS = "eventplatform_projection_versions"
 
 #: Channel a committed tracking update is announced on; payload "projection log position".
@@ -133,6 +134,17 @@ _PLATFORM_TABLES = [
         " recorded_at timestamptz NOT NULL DEFAULT now(),"
         " PRIMARY KEY (log, notification_id))"
     ).format(sql.Identifier(UNROUTED_EVENTS)),
+    # Events too large for the broker (issue 16): recorded and skipped, never a wedge.
+    sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} ("
+        " log text NOT NULL,"
+        " notification_id bigint NOT NULL,"
+        " topic text NOT NULL,"
+        " size bigint NOT NULL,"
+        " max_payload bigint NOT NULL,"
+        " recorded_at timestamptz NOT NULL DEFAULT now(),"
+        " PRIMARY KEY (log, notification_id))"
+    ).format(sql.Identifier(OVERSIZED_EVENTS)),
     # The version serving each projection's read model (issue 5): see versions.py.
     sql.SQL(
         "CREATE TABLE IF NOT EXISTS {} ("

@@ -10,6 +10,7 @@ from eventplatform.relay.fencing import (
     fence_headers,
     is_fence_error,
     notification_of,
+    wire_size,
 )
 
 
@@ -24,6 +25,12 @@ def test_every_following_message_expects_its_predecessors_message_id():
 def test_without_a_known_tail_no_header_can_be_made():
     with pytest.raises(ValueError, match="neither the previous message id"):
         fence_headers(None, None)
+
+
+def test_the_wire_size_counts_payload_and_headers_as_nats_py_writes_them():
+    headers = {"Nats-Expected-Last-Sequence": "41"}
+    written = b"NATS/1.0\r\nNats-Msg-Id: products:7\r\nNats-Expected-Last-Sequence: 41\r\n\r\n"
+    assert wire_size(b"x" * 100, "products:7", headers) == 100 + len(written)
 
 
 @pytest.mark.parametrize(
