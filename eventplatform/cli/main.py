@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eventplatform.cli.rebuild import add_rebuild_parser
 
     add_rebuild_parser(sub)  # rebuild PROJECTION [--verify-only] [--aggregate ID] [--from POS]
+    from eventplatform.cli.audit import add_audit_parser
+
+    add_audit_parser(sub)  # audit [--log L] [--json] [--repair] [--delete-extra]
     return parser
 
 

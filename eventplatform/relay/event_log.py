@@ -61,6 +61,14 @@ class PostgresEventLog:
             " FROM {} WHERE notification_id > %s AND notification_id <= %s"
             " ORDER BY notification_id"
         ).format(table)
+        self._by_ids = sql.SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state"
+            " FROM {} WHERE notification_id = ANY(%s)"
+        ).format(table)
+        self._ids = sql.SQL(
+            "SELECT notification_id FROM {} WHERE notification_id > %s AND notification_id <= %s"
+            " ORDER BY notification_id LIMIT %s"
+        ).format(table)
         self._head = sql.SQL("SELECT max(notification_id) FROM {}").format(table)
         self._sizes = sql.SQL(
             "SELECT coalesce(max(octet_length(state)), 0),"
@@ -96,6 +104,26 @@ class PostgresEventLog:
         except psycopg.OperationalError as e:
             raise translate(e, f"reading log {self.log!r}") from e
         return [Notification(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+
+    async def fetch(self, ids: list[int]) -> dict[int, Notification]:
+        """Returns the notifications with these ids (absent ones are left out)."""
+        if not ids:
+            return {}
+        try:
+            cur = await self._reader.execute(self._by_ids, (ids,))
+            rows = await cur.fetchall()
+        except psycopg.OperationalError as e:
+            raise translate(e, f"reading log {self.log!r}") from e
+        return {r[0]: Notification(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows}
+
+    async def ids(self, after: int, upto: int, limit: int) -> list[int]:
+        """Returns up to ``limit`` notification ids in ``(after, upto]``, in order (no state)."""
+        try:
+            cur = await self._reader.execute(self._ids, (after, upto, limit))
+            rows = await cur.fetchall()
+        except psycopg.OperationalError as e:
+            raise translate(e, f"reading log {self.log!r}") from e
+        return [int(r[0]) for r in rows]
 
     async def state_sizes(self, after: int, limit: int) -> tuple[int, int]:
         """The largest stored state after ``after``, and how many states exceed ``limit`` bytes.

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+#: Marks a message ``eventplatform audit --repair`` published again after later ones: it is
+#: out of order on purpose, and the audit says so instead of flagging it.
+REPUBLISHED_HEADER = "Eventplatform-Republished"
 #: JetStream error codes of a failed expectation (JSStreamWrongLastMsgIDErrF, ...SequenceErrF).
 FENCE_ERROR_CODES = frozenset({10070, 10071})
 #: ``NATS/1.0\r\n`` before the headers and ``\r\n`` after them, as nats-py writes them.

@@ -57,6 +57,16 @@ class PostgresRelayPositions:
         " SET size = EXCLUDED.size, max_payload = EXCLUDED.max_payload"
     ).format(sql.Identifier(OVERSIZED_EVENTS))
 
+    _unrouted_ids = sql.SQL("SELECT notification_id FROM {} WHERE log = %s").format(
+        sql.Identifier(UNROUTED_EVENTS)
+    )
+    _oversized_ids = sql.SQL("SELECT notification_id FROM {} WHERE log = %s").format(
+        sql.Identifier(OVERSIZED_EVENTS)
+    )
+    _forget_oversized = sql.SQL(
+        "DELETE FROM {} WHERE log = %s AND notification_id = ANY(%s)"
+    ).format(sql.Identifier(OVERSIZED_EVENTS))
+
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
 
@@ -118,3 +128,21 @@ class PostgresRelayPositions:
                 await cur.executemany(self._oversized, rows)
         except psycopg.OperationalError as e:
             raise translate(e, f"recording oversized events of {log!r}") from e
+
+    async def skipped(self, log: str) -> tuple[set[int], set[int]]:
+        """The notification ids recorded as unrouted and as oversized: never in the stream."""
+        try:
+            cur = await self._conn.execute(self._unrouted_ids, (log,))
+            unrouted = {int(r[0]) for r in await cur.fetchall()}
+            cur = await self._conn.execute(self._oversized_ids, (log,))
+            oversized = {int(r[0]) for r in await cur.fetchall()}
+        except psycopg.OperationalError as e:
+            raise translate(e, f"reading the skipped events of {log!r}") from e
+        return unrouted, oversized
+
+    async def forget_oversized(self, log: str, ids: list[int]) -> None:
+        """Removes the record of oversized events that have been published since."""
+        try:
+            await self._conn.execute(self._forget_oversized, (log, ids))
+        except psycopg.OperationalError as e:
+            raise translate(e, f"updating the oversized events of {log!r}") from e

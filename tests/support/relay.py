@@ -169,6 +169,7 @@ class RelayParts:
 
     def __init__(self, settings: Settings, conns: list[psycopg.AsyncConnection[Any]]) -> None:
         lease_conn, reader, listener = conns
+        self.reader = reader
         self.leases = PostgresLeases(lease_conn)
         self.positions = PostgresRelayPositions(reader)
         self.log = PostgresEventLog(reader, listener, "products")
