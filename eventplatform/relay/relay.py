@@ -411,6 +411,10 @@ class Relay:
     ) -> None:
         """Compares the message each duplicate ack (from ``start`` on) points to with the event.
 
+        nats-server answers a duplicate with the sequence of the message it took it for (2.9
+        and 2.15 checked), also when that message has been deleted since: then nothing the
+        stream holds carries the event, and it counts as someone else's.
+
         Raises:
             ForeignDuplicate: one was not the relay's; the position is recorded just before
                 that event (with what was skipped before it).
