@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import enum
 
-import orjson
-
 from eventplatform.errors import DecodeError
 from eventplatform.messagebus import cloudevents
+from eventplatform.messagebus.stored import StoredEvent, difference, message_for
 from eventplatform.relay.event_log import Notification
 
 
@@ -38,13 +37,9 @@ class Verdict(enum.Enum):
     FORGED = "forged"
 
 
-def expected_body(log: str, notification: Notification) -> bytes:
-    """The body the relay publishes for ``notification``.
-
-    Raises:
-        DecodeError: the stored state is not a JSON object (it cannot be relayed at all).
-    """
-    return cloudevents.encode(
+def stored_event(log: str, notification: Notification) -> StoredEvent:
+    """``notification`` of ``log`` as the wire sees it."""
+    return StoredEvent(
         log=log,
         notification_id=notification.id,
         aggregate_id=notification.originator_id,
@@ -52,6 +47,15 @@ def expected_body(log: str, notification: Notification) -> bytes:
         topic=notification.topic,
         state=notification.state,
     )
+
+
+def expected_body(log: str, notification: Notification) -> bytes:
+    """The body the relay publishes for ``notification``.
+
+    Raises:
+        DecodeError: the stored state is not a JSON object (it cannot be relayed at all).
+    """
+    return message_for(stored_event(log, notification))
 
 
 def judge(body: bytes, log: str, claimed: int, stored: Notification | None) -> Verdict:
@@ -77,22 +81,13 @@ def judge(body: bytes, log: str, claimed: int, stored: Notification | None) -> V
 
 def carries(body: bytes, log: str, stored: Notification) -> bool:
     """Whether ``body`` is the relay's CloudEvent of the stored event ``stored``."""
+    event = stored_event(log, stored)
     try:
-        if body == expected_body(log, stored):
+        if body == message_for(event):
             return True  # the usual case: this very encoder wrote it
-        expected_data = orjson.loads(stored.state)
-        event = cloudevents.decode(body)
-    except (DecodeError, orjson.JSONDecodeError):
+        return difference(cloudevents.decode(body), event) is None
+    except DecodeError:
         return False
-    return (
-        event.source == log
-        and event.sequence == stored.id
-        and event.type == stored.topic
-        and event.subject == str(stored.originator_id)
-        and event.aggregate_version == stored.originator_version
-        and event.id == cloudevents.event_id(stored.originator_id, stored.originator_version)
-        and event.data == expected_data
-    )
 
 
 def looks_relayed(body: bytes, log: str, claimed: int) -> bool:
