@@ -24,12 +24,15 @@ def endpoint_in(log: Callable[[], str]) -> Callable[[], str | None]:
 
 
 def get(url: str) -> tuple[int, str]:
-    """(status, body) of a GET; an HTTP error status is an answer too."""
+    """(status, body) of a GET; an HTTP error status is an answer too, and no answer at all
+    (nothing listening yet) is status 0."""
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+    except (urllib.error.URLError, ConnectionError) as e:
+        return 0, str(e)
 
 
 def scrape(url: str) -> Samples:
