@@ -9,10 +9,12 @@ cannot wait for minutes); their production durations are checked by promtool's r
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import shutil
 import subprocess
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
@@ -92,7 +94,8 @@ class Prometheus:
         return alerts
 
     def query(self, expr: str) -> list[Any]:
-        return self.api("/api/v1/query?query=" + urllib.request.quote(expr))["result"]
+        result: list[Any] = self.api("/api/v1/query?query=" + urllib.parse.quote(expr))["result"]
+        return result
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -101,6 +104,10 @@ class Prometheus:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def ready(url: str) -> bool:
+    return get(url + "/readyz")[0] == 200
 
 
 @pytest.fixture
@@ -120,10 +127,11 @@ def platform(tmp_path, database_dsn, nats_url, unique_name) -> Iterator[tuple[An
             ("eventplatform-projection", ("project", "projections:ProductViewProjection")),
         ):
             proc = procs.spawn(*args, log_dir=tmp_path)
-            urls[job] = wait_until(
-                endpoint_in(lambda p=proc: procs.log_of(p)), timeout=30, what=f"{job} metrics"
+            url = wait_until(
+                endpoint_in(functools.partial(procs.log_of, proc)), timeout=30, what=job
             )
-            wait_until(lambda u=urls[job]: get(u + "/readyz")[0] == 200, timeout=30, what="ready")
+            wait_until(functools.partial(ready, url), timeout=30, what=f"{job} ready")
+            urls[job] = url
         yield settings, urls
     finally:
         procs.stop_all()
