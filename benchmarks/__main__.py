@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from benchmarks import latency, memory, projection, rebuild, relay, report, write
+from benchmarks import latency, memory, observability, projection, rebuild, relay, report, write
 from benchmarks.harness import FULL, QUICK, Result, Scale
 
 FIGURES: dict[str, Callable[[str, str, Scale], list[Result]]] = {
@@ -25,6 +25,7 @@ FIGURES: dict[str, Callable[[str, str, Scale], list[Result]]] = {
     "latency": latency.run,
     "rebuild": rebuild.run,
     "memory": memory.run,
+    "observability": observability.run,
 }
 
 

@@ -329,22 +329,21 @@ class ProjectionWorker:
                 at=result.committed_ns / 1e9,
             )
         if result.applied_events and tracing.enabled():
-            tracing.record_processed(
-                self.projection.name,
-                [
-                    (
-                        envelope.traceparent,
-                        {
-                            "eventplatform.log": envelope.source,
-                            "eventplatform.position": envelope.sequence,
-                        },
-                    )
-                    for envelope, _ in result.applied_events
-                    if envelope.traceparent is not None
-                ],
-                start_ns=result.began_ns,
-                end_ns=result.committed_ns,
-            )
+            sampled = [
+                (
+                    e.traceparent,
+                    {"eventplatform.log": e.source, "eventplatform.position": e.sequence},
+                )
+                for e, _ in result.applied_events
+                if e.traceparent is not None and tracing.is_sampled(e.traceparent)
+            ]
+            if sampled:
+                tracing.record_processed(
+                    self.projection.name,
+                    sampled,
+                    start_ns=result.began_ns,
+                    end_ns=result.committed_ns,
+                )
 
     async def close(self) -> None:
         """Stops fetching ahead (what was fetched ahead is redelivered to whoever goes on)."""

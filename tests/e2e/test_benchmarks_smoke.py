@@ -18,7 +18,7 @@ import pytest
 from benchmarks.__main__ import parse
 
 ROOT = Path(__file__).resolve().parents[2]
-FIGURES = {"write", "relay", "projection", "latency", "rebuild", "memory"}
+FIGURES = {"write", "relay", "projection", "latency", "rebuild", "memory", "observability"}
 
 
 @pytest.mark.e2e
