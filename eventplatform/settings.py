@@ -84,6 +84,8 @@ class Settings(BaseSettings):
         stream: JetStream stream name (``APP_STREAM``).
         subject_prefix: first token(s) of every subject (``APP_SUBJECT_PREFIX``).
         stream_replicas: JetStream replicas, 3 for a cluster (``APP_STREAM_REPLICAS``).
+        partitions: partitions of the event subjects (``APP_PARTITIONS``); with more than 1,
+            consumers run one worker per partition, spread over their processes.
         duplicate_window: JetStream de-duplication window in seconds.
         relay_batch_size: notifications read and published per relay batch.
         relay_max_in_flight: publishes awaiting an ack at once (backpressure).
@@ -125,6 +127,7 @@ class Settings(BaseSettings):
     stream: Annotated[str, AfterValidator(_stream_name)] = "EVENTS"
     subject_prefix: Annotated[str, AfterValidator(_subject_prefix)] = "events"
     stream_replicas: int = Field(default=1, ge=1, le=5)
+    partitions: int = Field(default=1, ge=1, le=1024)
     duplicate_window: float = Field(default=120.0, gt=0)
     relay_batch_size: int = Field(default=1000, ge=1, le=100_000)
     relay_max_in_flight: int = Field(default=4096, ge=1, le=1_000_000)

@@ -33,6 +33,7 @@ from psycopg import sql
 from eventplatform.errors import ConfigurationError
 from eventplatform.messagebus.cloudevents import CloudEvent
 from eventplatform.messagebus.stored import StoredEvent, difference, message_for
+from eventplatform.partitions import partition_sql
 from eventplatform.store.schema import events_table
 
 #: ``store``: check every message against the event store (default); ``broker``: trust what
@@ -98,6 +99,7 @@ class StoreVerifier:
         upto: int,
         carried: set[int],
         limit: int,
+        partition: tuple[int, int] | None = None,
     ) -> tuple[list[bytes], int]:
         """The stored events in ``after < id <= upto`` that ``carried`` lacks, as messages.
 
@@ -112,6 +114,7 @@ class StoreVerifier:
             upto: the highest position the batch carries.
             carried: the positions the batch carries.
             limit: at most this many stored events are looked at.
+            partition: ``(k, n)``: only events of partition k of n are looked at.
 
         Returns:
             The missing events' messages in log order, and the highest position looked at
@@ -119,11 +122,16 @@ class StoreVerifier:
         """
         if self.mode == "broker" or not self._has_table(cur, log):
             return [], upto
+        only: sql.Composable = sql.SQL("")
+        if partition is not None:
+            only = sql.SQL(" AND {} = {}").format(
+                partition_sql("originator_id", partition[1]), sql.Literal(partition[0])
+            )
         cur.execute(
             sql.SQL(
                 "SELECT notification_id FROM {} WHERE notification_id > %s"
-                " AND notification_id <= %s ORDER BY notification_id LIMIT %s"
-            ).format(sql.Identifier(events_table(log))),
+                " AND notification_id <= %s{} ORDER BY notification_id LIMIT %s"
+            ).format(sql.Identifier(events_table(log)), only),
             (after, upto, limit),
         )
         ids = [int(r[0]) for r in cur.fetchall()]

@@ -199,6 +199,8 @@ async def _lead(
                         stream=settings.stream,
                         batch_size=settings.relay_batch_size,
                         poll_interval=settings.relay_poll_interval,
+                        partitions=settings.partitions,
+                        subject_prefix=settings.subject_prefix,
                     ),
                     on_batch=on_batch,
                     lease=leadership,

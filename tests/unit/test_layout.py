@@ -85,7 +85,7 @@ def test_the_framework_is_split_into_one_subpackage_per_part_of_the_data_path():
     present = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
     assert present == SUBPACKAGES
     loose = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
-    assert loose == {"settings", "errors", "backoff"}
+    assert loose == {"settings", "errors", "backoff", "partitions"}
 
 
 def test_no_module_imports_itself_back_through_others():
