@@ -7,8 +7,9 @@ library module of that name.
 
 Everything a library user needs is importable from here. The subpackages, by part of the data
 path: ``store`` (write side), ``relay`` (outbox follower), ``leases`` (one holder, fenced),
-``consumers`` (projections, handlers), ``rebuild``, ``messagebus`` (NATS, CloudEvents), ``cli``
-and ``testing``. Names not listed in ``__all__`` (here or in a subpackage) are internal.
+``consumers`` (projections, handlers), ``rebuild``, ``messagebus`` (NATS, CloudEvents), ``cli``,
+``testing`` and ``observability`` (metrics, health endpoints, tracing). Names not listed in
+``__all__`` (here or in a subpackage) are internal.
 """
 
 from eventplatform.consumers import (
@@ -37,6 +38,7 @@ from eventplatform.errors import (
     WaitTimeout,
 )
 from eventplatform.messagebus import CloudEvent
+from eventplatform.observability import Observability
 from eventplatform.rebuild import (
     RebuildError,
     RebuildOptions,
@@ -62,6 +64,7 @@ __all__ = [
     "EventSourcedApplication",
     "HandlerFailed",
     "IdempotentEventHandler",
+    "Observability",
     "PermanentError",
     "Projection",
     "ProjectionError",

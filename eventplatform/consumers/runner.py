@@ -293,7 +293,9 @@ async def run_handler(
     """Runs a handler consumer until ``stop`` is set; no infrastructure fault ends it.
 
     Several may run for one handler: they share its durable consumer, and the marker row per
-    event id keeps each effect exactly-once whichever of them processes an event.
+    event id keeps each effect exactly-once whichever of them processes an event. Given
+    ``observability``, its metrics and readiness go there, and it looks at its consumer's
+    pending messages and its connections every ``observability.interval`` seconds.
     """
     broker = NatsBroker(settings.nats_servers, name=f"handler-{handler.name}")
     pool: ConnectionPool[Any] = ConnectionPool(
