@@ -208,8 +208,13 @@ class _ChildServer:
         self.close()
 
 
-def find_postgres_bin() -> Path | None:
-    """Where PostgreSQL's ``initdb`` and ``postgres`` are: pgserver's, else the machine's."""
+def find_postgres_bin(*, with_ssl: bool = False) -> Path | None:
+    """Where PostgreSQL's ``initdb`` and ``postgres`` are: pgserver's, else the machine's.
+
+    Args:
+        with_ssl: only a build that supports TLS (pgserver's does not; Debian's does).
+    """
+    candidates: list[Path] = []
     try:
         with warnings.catch_warnings():
             # pgserver's package import asks platformdirs for XDG_RUNTIME_DIR and warns
@@ -217,17 +222,28 @@ def find_postgres_bin() -> Path | None:
             warnings.simplefilter("ignore")
             from pgserver._commands import POSTGRES_BIN_PATH
 
-        if (Path(POSTGRES_BIN_PATH) / "postgres").exists():
-            return Path(POSTGRES_BIN_PATH)
+        candidates.append(Path(POSTGRES_BIN_PATH))
     except ImportError:
         pass
     on_path = shutil.which("pg_ctl")
-    candidates = [str(Path(on_path).parent)] if on_path else []
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    candidates += [Path(on_path).parent] if on_path else []
+    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
     for candidate in candidates:
-        if (Path(candidate) / "postgres").exists() and (Path(candidate) / "initdb").exists():
-            return Path(candidate)
+        if not ((candidate / "postgres").exists() and (candidate / "initdb").exists()):
+            continue
+        if not with_ssl or _built_with_ssl(candidate):
+            return candidate
     return None
+
+
+def _built_with_ssl(bin_dir: Path) -> bool:
+    try:
+        result = subprocess.run(
+            [str(bin_dir / "pg_config"), "--configure"], capture_output=True, check=False
+        )
+    except OSError:
+        return False
+    return b"openssl" in result.stdout
 
 
 class EmbeddedPostgres(_ChildServer):

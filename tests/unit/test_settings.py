@@ -151,15 +151,30 @@ def test_the_log_has_no_default_and_is_demanded_naming_app_log_when_used():
         settings.require_log()
 
 
-def test_the_dsn_becomes_eventsourcings_variables_with_table_creation_off():
-    env = eventsourcing_env("postgresql://alice:secret@db.example:6543/shop", pool_size=3)
-    assert env["POSTGRES_HOST"] == "db.example"
-    assert env["POSTGRES_PORT"] == "6543"
-    assert env["POSTGRES_DBNAME"] == "shop"
-    assert env["POSTGRES_USER"] == "alice"
-    assert env["POSTGRES_PASSWORD"] == "secret"
+def test_eventsourcing_connects_with_the_whole_dsn_and_creates_no_tables():
+    dsn = "postgresql://alice:secret@db.example:6543/shop?sslmode=verify-full&sslrootcert=/ca.pem"
+    env = eventsourcing_env(dsn, pool_size=3)
+    assert env["PERSISTENCE_MODULE"] == "eventplatform.store.dsn_factory:DsnPostgresFactory"
+    assert env["EVENTPLATFORM_DSN"] == dsn
+    assert env["POSTGRES_PASSWORD"] == ""  # the DSN carries it; no second copy
     assert env["POSTGRES_POOL_SIZE"] == "3"
     assert env["CREATE_TABLE"] == "n"
+
+
+def test_the_factory_points_eventsourcings_pool_at_the_dsn_and_nothing_else():
+    from eventsourcing.persistence import InfrastructureFactory
+
+    dsn = "host=db port=6543 dbname=shop user=alice sslmode=require target_session_attrs=any"
+    factory = InfrastructureFactory.construct(eventsourcing_env(dsn))
+    pool = factory.datastore.pool  # type: ignore[attr-defined]
+    assert pool.conninfo == dsn
+    assert not {"dbname", "host", "port", "user", "password"} & set(pool.kwargs)
+
+
+@pytest.mark.parametrize("variable", ["POSTGRES_HOST", "POSTGRES_PASSWORD", "POSTGRES_DBNAME"])
+def test_eventsourcing_variables_that_say_where_to_connect_are_refused(variable):
+    with pytest.raises(ConfigurationError, match=f"{variable} cannot be set: APP_DSN says"):
+        eventsourcing_env("postgresql://u@h/d", extra={variable: "x"})
 
 
 def test_db_functions_that_would_reorder_commits_cannot_be_switched_on():
