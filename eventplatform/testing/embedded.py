@@ -429,11 +429,25 @@ class EmbeddedNats(_ChildServer):
 
     The store dir survives ``stop()``/``kill()`` and ``restart()``, so streams and their
     messages do too; ``close()`` (or leaving the ``with`` block) removes it.
+
+    Args:
+        port: the client port (default: a free one).
+        startup_timeout: seconds to wait for it to be ready.
+        config: a nats-server configuration file (accounts, users, permissions, TLS); the
+            port, address and store dir given here win over any in it.
+        environ: variables the configuration refers to (``$NAME``), e.g. passwords.
     """
 
     name = "nats"
 
-    def __init__(self, *, port: int | None = None, startup_timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        startup_timeout: float = 20.0,
+        config: Path | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
         binary = find_nats_server()
         if binary is None:
             msg = (
@@ -443,6 +457,8 @@ class EmbeddedNats(_ChildServer):
             )
             raise EmbeddedServerError(msg)
         self.binary = binary
+        self.config = config
+        self.environ = environ
         super().__init__(port=port, startup_timeout=startup_timeout)
         self.store_dir = self.workdir / "jetstream"
 
@@ -461,7 +477,11 @@ class EmbeddedNats(_ChildServer):
             "-js",
             "-sd",
             str(self.store_dir),
+            *(["-c", str(self.config)] if self.config is not None else []),
         ]
+
+    def _popen_kwargs(self) -> dict[str, object]:
+        return {} if self.environ is None else {"env": {**os.environ, **self.environ}}
 
     def _ready(self) -> bool:
         log = self.workdir / f"{self.name}.log"
