@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
+from datetime import timedelta
 
 from eventplatform.settings import validate_log_name
 
@@ -50,6 +52,22 @@ def positive_seconds(text: str) -> float:
         msg = f"must be a positive number of seconds, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+_DURATION = re.compile(r"^(?P<amount>\d{1,9})(?P<unit>[smhd])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: The longest age ``duration`` takes (a century), far below timedelta's limits.
+_LONGEST = 36_500 * 86_400
+
+
+def duration(text: str) -> timedelta:
+    """A positive age such as ``30d``, ``12h``, ``90m`` or ``3600s`` (``prune --older-than``)."""
+    match = _DURATION.match(text.strip())
+    seconds = int(match["amount"]) * _SECONDS[match["unit"]] if match else 0
+    if not 0 < seconds <= _LONGEST:
+        msg = f"must be a positive age up to 36500d, like 30d, 12h, 90m or 3600s, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return timedelta(seconds=seconds)
 
 
 def log_name(text: str) -> str:

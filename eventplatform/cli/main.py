@@ -259,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eventplatform.cli.rebuild import add_rebuild_parser
 
     add_rebuild_parser(sub)  # rebuild PROJECTION [--verify-only] [--aggregate ID] [--from POS]
+    from eventplatform.cli.prune import add_prune_parser
+
+    add_prune_parser(sub)  # prune --older-than AGE [--dry-run]
     return parser
 
 
