@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eventplatform.cli.prune import add_prune_parser
 
     add_prune_parser(sub)  # prune --older-than AGE [--dry-run]
+    from eventplatform.cli.health import add_health_parser
+
+    add_health_parser(sub)  # health [--stream] [--no-postgres] [--no-nats]
     return parser
 
 
