@@ -75,6 +75,7 @@ accounts {{
     users = [
       {{ user: relay, password: $RELAY_PASSWORD, permissions: $RELAY_PERMISSIONS }}
       {{ nkey: {public}, permissions: $CONSUMER_PERMISSIONS }}
+      {{ user: demo, password: "{RELAY_PASSWORD}-demo", permissions: $DEMO_PERMISSIONS }}
     ]
   }}
 }}
