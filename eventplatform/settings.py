@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, ValidationError, model_validator
@@ -185,6 +185,11 @@ class Settings(BaseSettings):
         relay_lease_ttl: seconds a relay's leadership lease lives unrenewed; a standby takes
             over within about ``4/3`` of it after the leader dies or hangs.
         projection_batch_size: messages fetched and applied per projection transaction.
+        projection_lease_ttl: seconds a projection worker's lease lives unrenewed; a standby
+            takes over within about ``4/3`` of it after the worker dies, hangs or is cut off.
+        event_verification: ``store`` (default) checks every consumed message against the
+            event store, so a forged message can neither move a position nor reach user
+            code; ``broker`` trusts NATS authorisation (read models apart from the store).
         projection_fetch_timeout: seconds a fetch waits for the first message.
         ack_wait: seconds JetStream waits for an ack before redelivering.
         pool_size: connections per pool opened by a platform process.
@@ -227,6 +232,8 @@ class Settings(BaseSettings):
     relay_poll_interval: float = Field(default=1.0, gt=0, le=3600)
     relay_lease_ttl: float = Field(default=3.0, gt=0, le=600)
     projection_batch_size: int = Field(default=500, ge=1, le=10_000)
+    projection_lease_ttl: float = Field(default=3.0, ge=0.5, le=600)
+    event_verification: Literal["store", "broker"] = "store"
     projection_fetch_timeout: float = Field(default=1.0, gt=0, le=60)
     ack_wait: float = Field(default=30.0, ge=0.001, le=3600)
     pool_size: int = Field(default=4, ge=1, le=100)

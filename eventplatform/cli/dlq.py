@@ -23,6 +23,7 @@ from eventplatform.consumers.dead_letters import DeadLetter, PostgresDeadLetters
 from eventplatform.consumers.handlers import IdempotentEventHandler, retry_dead_letter
 from eventplatform.consumers.parking import PostgresParking, discard, release
 from eventplatform.consumers.projection import Projection
+from eventplatform.consumers.verification import StoreVerifier
 from eventplatform.errors import ConfigurationError, EventPlatformError
 from eventplatform.settings import Settings
 from eventplatform.store.postgres import connect
@@ -77,7 +78,7 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
         if action == "show":
             return _show(conn, args.id, as_json=args.json)
         if action == "retry":
-            return _retry(conn, args)
+            return _retry(conn, args, StoreVerifier(settings.event_verification))
         return _discard(conn, args.id, force=args.force)
 
 
@@ -126,7 +127,7 @@ def _show(conn: psycopg.Connection[Any], dead_letter_id: int, *, as_json: bool) 
     return 0
 
 
-def _retry(conn: psycopg.Connection[Any], args: argparse.Namespace) -> int:
+def _retry(conn: psycopg.Connection[Any], args: argparse.Namespace, verifier: StoreVerifier) -> int:
     consumer = _consumer(args.consumer)
     ids = _open_ids(conn, consumer.name, RETRY_PAGE) if args.all else iter([args.id])
     failed = seen = 0
@@ -134,10 +135,11 @@ def _retry(conn: psycopg.Connection[Any], args: argparse.Namespace) -> int:
         seen += 1
         try:
             if isinstance(consumer, Projection):
-                result = release(conn, consumer, dead_letter_id)
+                result = release(conn, consumer, dead_letter_id, verifier=verifier)
                 outcome, count = result.status, result.applied
             else:
-                outcome, count = retry_dead_letter(conn, consumer, dead_letter_id), 1
+                outcome = retry_dead_letter(conn, consumer, dead_letter_id, verifier=verifier)
+                count = 1
         except EventPlatformError as e:
             failed += 1
             print(f"dead letter {dead_letter_id}: still fails: {e}")

@@ -47,6 +47,9 @@ configuration (environment):
   APP_RELAY_BATCH_SIZE      notifications per relay batch (default 1000)
   APP_RELAY_POLL_INTERVAL   re-poll when no NOTIFY arrives, seconds (default 1.0)
   APP_RELAY_LEASE_TTL       relay leadership lease, seconds (default 3; takeover <= 4/3 of it)
+  APP_PROJECTION_LEASE_TTL  projection worker lease, seconds (default 3; takeover <= 4/3 of it)
+  APP_EVENT_VERIFICATION    store (default): check consumed messages against the event store;
+                            broker: trust NATS authorisation (read models apart from the store)
   APP_PROJECTION_BATCH_SIZE messages per projection transaction (default 500)
   APP_ACK_WAIT              seconds before JetStream redelivers (default 30)
   APP_POOL_SIZE             connections per pool (default 4)
@@ -179,6 +182,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             f"{p.projection:<20} {p.log:<12} {p.position:>10} {p.lag:>8}"
             f" {p.version if p.version is not None else '-':>7}  {p.updated_at or '-'}"
         )
+        if p.leader:
+            print(f"  worker: {p.leader} since {p.leader_since}")
     return 0
 
 

@@ -10,7 +10,7 @@ import psycopg.errors
 from psycopg import sql
 
 from eventplatform.errors import SchemaError
-from eventplatform.leases.leadership import relay_lease
+from eventplatform.leases.leadership import projection_lease, relay_lease
 from eventplatform.store.postgres import connect, translate
 from eventplatform.store.schema import (
     LEASES,
@@ -57,6 +57,8 @@ class ProjectionStatus:
     lag: int
     updated_at: str | None
     version: int | None = None  # serving version (issue 5), None when unrecorded
+    leader: str | None = None  # the holder of the projection's live lease (issue 10)
+    leader_since: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,7 @@ def read_status(dsn: str, logs: list[str] | None = None) -> PlatformStatus:
                 head = heads.get(log)
                 if head is None:
                     head = heads[log] = _head(cur, log)
+                leader, since, _, _ = _holder(cur, projection_lease(projection))
                 status.projections.append(
                     ProjectionStatus(
                         projection=projection,
@@ -128,6 +131,8 @@ def read_status(dsn: str, logs: list[str] | None = None) -> PlatformStatus:
                         lag=max(0, head - int(position)),
                         updated_at=updated_at.isoformat(),
                         version=version,
+                        leader=leader,
+                        leader_since=since,
                     )
                 )
     except psycopg.OperationalError as e:
@@ -152,12 +157,19 @@ def _head(cur: psycopg.Cursor[Any], log: str) -> int:
 def _leader(
     cur: psycopg.Cursor[Any], log: str
 ) -> tuple[str | None, str | None, str | None, int | None]:
+    return _holder(cur, relay_lease(log))
+
+
+def _holder(
+    cur: psycopg.Cursor[Any], lease: str
+) -> tuple[str | None, str | None, str | None, int | None]:
+    """(holder, since, expires, token) of a lease; holder and since None when it expired."""
     cur.execute(
         sql.SQL(
             "SELECT holder, acquired_at, expires_at, token, expires_at > now() FROM {}"
             " WHERE name = %s"
         ).format(sql.Identifier(LEASES)),
-        (relay_lease(log),),
+        (lease,),
     )
     row = cur.fetchone()
     if row is None:

@@ -25,6 +25,16 @@ async def ack_all(msgs: Sequence[Msg]) -> None:
         logger.warning("%d acks failed (they will be redelivered): %r", len(failed), failed[0])
 
 
+async def nak_all(msgs: Sequence[Msg], *, delay: float) -> None:
+    """Asks JetStream to deliver ``msgs`` again after ``delay`` seconds (they were not
+    settled: e.g. beyond what a batch may fill from the store); a lost nak only delays them
+    until ``ack_wait``."""
+    results = await asyncio.gather(*(m.nak(delay=delay) for m in msgs), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        logger.warning("%d naks failed (redelivered after ack_wait): %r", len(failed), failed[0])
+
+
 @contextlib.asynccontextmanager
 async def keep_alive(msgs: Sequence[Msg], interval: float) -> AsyncIterator[None]:
     """Sends in-progress acks for ``msgs`` every ``interval`` seconds while the body runs.

@@ -17,6 +17,12 @@ Where they go, and why:
 
 Statuses: ``open`` (waiting for an operator), ``retried`` (replayed successfully),
 ``discarded`` (an operator decided it needs nothing).
+
+**Recording cannot fail on content** (DESIGN invariant 8): the original bytes and headers go
+into ``bytea`` columns, which take anything; every text column holds :func:`safe_text` of its
+value (no NUL, valid UTF-8, bounded); integers come from an envelope already checked to fit.
+Should the full insert still be refused, a minimal row (consumer, body, error) is written
+instead, in a savepoint, so a message is never acknowledged without a trace.
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 import nats.errors
+import orjson
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from eventplatform.errors import EventPlatformError
 from eventplatform.messagebus.cloudevents import CloudEvent
@@ -132,6 +138,9 @@ class PostgresDeadLetters:
         " error, attempts, body, headers, parked)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
     ).format(sql.Identifier(DEAD_LETTERS))
+    _insert_minimal = sql.SQL(
+        "INSERT INTO {} (consumer, error, attempts, body) VALUES (%s, %s, %s, %s) RETURNING id"
+    ).format(sql.Identifier(DEAD_LETTERS))
 
     def record(
         self,
@@ -160,23 +169,32 @@ class PostgresDeadLetters:
             parked: the aggregate's later events are parked behind this one.
         """
         headers = dict(headers or {})
-        cur.execute(
-            self._insert,
-            (
-                consumer,
-                subject,
-                headers.get("Nats-Msg-Id"),
-                envelope.id if envelope else None,
-                envelope.source if envelope else None,
-                envelope.subject if envelope else None,
-                envelope.sequence if envelope else None,
-                error,
-                attempts,
-                body,
-                Jsonb(headers) if headers else None,
-                parked,
-            ),
+        params = (
+            safe_text(consumer),
+            safe_text(subject),
+            safe_text(headers.get("Nats-Msg-Id")),
+            envelope.id if envelope else None,
+            envelope.source if envelope else None,
+            envelope.subject if envelope else None,
+            envelope.sequence if envelope else None,
+            safe_text(error, MAX_ERROR_LENGTH),
+            min(max(attempts, 0), 2**31 - 1),
+            bytes(body),
+            encode_headers(headers),
+            parked,
         )
+        try:
+            with cur.connection.transaction():
+                cur.execute(self._insert, params)
+        except psycopg.DataError as e:
+            # Should be impossible (every value above is made safe); never lose the message
+            # over it: keep what cannot be refused, and say why the rest is missing.
+            logger.error("dead letter of %s recorded without its details: %r", consumer, e)
+            minimal = f"{safe_text(error, MAX_ERROR_LENGTH)} (details refused: {e!r})"
+            cur.execute(
+                self._insert_minimal,
+                (safe_text(consumer), safe_text(minimal, MAX_ERROR_LENGTH), 1, bytes(body)),
+            )
         row = cur.fetchone()
         assert row is not None  # RETURNING always yields the row
         return int(row[0])
@@ -271,6 +289,7 @@ class PostgresDeadLetters:
         for row in cur.fetchall():
             values = dict(zip(names, row, strict=True))
             values["body"] = bytes(values["body"])
+            values["headers"] = decode_headers(values["headers"])
             out.append(DeadLetter(**values))
         return out
 
@@ -295,7 +314,7 @@ async def publish_dead_letters(
             ATTEMPTS_HEADER: str(attempts),
         }
         if subject:
-            headers[SUBJECT_HEADER] = subject
+            headers[SUBJECT_HEADER] = _header_value(subject)
         try:
             await js.publish(dead_letter_subject(prefix, consumer), body, headers=headers)
         except (TimeoutError, nats.errors.Error, OSError) as e:
@@ -307,9 +326,48 @@ async def publish_dead_letters(
             )
 
 
+#: Longest text kept of any one value a message brings (subject, msg id); errors get more.
+MAX_TEXT_LENGTH = 1024
+MAX_ERROR_LENGTH = 8000
+
+
+def safe_text(value: str | None, limit: int = MAX_TEXT_LENGTH) -> str | None:
+    """``value`` as PostgreSQL text takes it: NUL replaced, valid UTF-8, at most ``limit``.
+
+    Values here come from messages anyone may have written; the original stays in the
+    ``bytea`` columns, this is only what a person reads.
+    """
+    if value is None:
+        return None
+    text = value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def encode_headers(headers: Mapping[str, str] | None) -> bytes | None:
+    """Headers as JSON bytes for a ``bytea`` column (never refused: NUL is escaped)."""
+    if not headers:
+        return None
+    try:
+        return orjson.dumps(dict(headers))
+    except (TypeError, orjson.JSONEncodeError):  # lone surrogates and other oddities
+        return repr(dict(headers)).encode("utf-8", "backslashreplace")
+
+
+def decode_headers(raw: bytes | memoryview | None) -> dict[str, str] | None:
+    """Headers written by :func:`encode_headers` (None when unreadable or absent)."""
+    if raw is None:
+        return None
+    try:
+        value = orjson.loads(bytes(raw))
+    except orjson.JSONDecodeError:
+        return None
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else None
+
+
 def _header_value(text: str, limit: int = 1024) -> str:
-    # Header values are one line; keep them short (the table has the full error).
-    flat = " ".join(text.split())
+    # Header values are one line (no CR/LF: no header injection), without NUL, and short
+    # (the table has the full error).
+    flat = " ".join((safe_text(text, limit * 2) or "").split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
@@ -318,6 +376,9 @@ __all__ = [
     "PostgresDeadLetters",
     "dead_letter_stream",
     "dead_letter_subject",
+    "decode_headers",
+    "encode_headers",
     "is_dead_letter_subject",
     "publish_dead_letters",
+    "safe_text",
 ]

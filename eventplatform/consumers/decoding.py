@@ -24,6 +24,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import get_topic
 
+from eventplatform.consumers.fields import check_fields
 from eventplatform.errors import DecodeError, UnknownEventType
 from eventplatform.messagebus.cloudevents import CloudEvent
 
@@ -61,7 +62,7 @@ class EventDecoder:
         Raises:
             UnknownEventType: the type is not declared and the decoder is strict.
             DecodeError: the data does not fit the event class (bad ids, broken tags,
-                missing upcaster).
+                missing upcaster, a field missing or of the wrong type).
         """
         if event.type not in self._classes:
             if self._strict:
@@ -80,12 +81,14 @@ class EventDecoder:
             state=orjson.dumps(event.data),
         )
         try:
-            return self._mapper.to_domain_event(stored)
+            domain_event = self._mapper.to_domain_event(stored)
         except MapperDeserialisationError as e:
             raise DecodeError(str(e)) from e
         except (AttributeError, TypeError, KeyError, ValueError) as e:
             msg = f"cannot rebuild {event.type!r} from its data: {e!r}"
             raise DecodeError(msg) from e
+        check_fields(self._classes[event.type], vars(domain_event), topic=event.type)
+        return domain_event
 
 
 def default_transcoder() -> JSONTranscoder:

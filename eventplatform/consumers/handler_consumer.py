@@ -30,9 +30,11 @@ from eventplatform.consumers.dead_letters import (
     is_dead_letter_subject,
     publish_dead_letters,
 )
+from eventplatform.consumers.faults import is_fault
 from eventplatform.consumers.handlers import HandlerFailed, IdempotentEventHandler
-from eventplatform.consumers.intake import read_message
+from eventplatform.consumers.intake import Intake, read_message
 from eventplatform.consumers.retry import Sleep
+from eventplatform.consumers.verification import StoreVerifier, Verification
 from eventplatform.errors import BrokerUnavailable, ConfigurationError, DecodeError
 from eventplatform.messagebus import cloudevents
 from eventplatform.messagebus.cloudevents import CloudEvent
@@ -56,9 +58,12 @@ class ConsumerConfig:
         fetch_timeout: seconds a fetch waits for the first message (0 < t <= 60).
         ack_wait: seconds JetStream waits for an ack before redelivering (> fetch_timeout);
             a slow handler sends in-progress acks every ``ack_wait / 3``.
-        max_deliver: deliveries before the consumer dead-letters a message it never
-            finished (crash loops); -1 for unlimited, else at least 2.
+        max_deliver: the delivery on which the consumer dead-letters a message it never
+            finished (crash loops) instead of handling it again; -1 for never, else at
+            least 2. Counted by the consumer (JetStream redelivers without limit).
         max_ack_pending: unacked messages JetStream allows in flight (>= batch_size).
+        verification: ``"store"`` checks every message against the event store before the
+            handler sees it (default); ``"broker"`` trusts NATS authorisation.
     """
 
     stream: str
@@ -70,6 +75,7 @@ class ConsumerConfig:
     ack_wait: float = 30.0
     max_deliver: int = 20
     max_ack_pending: int = 1000
+    verification: Verification = "store"
 
     def __post_init__(self) -> None:
         problems = []
@@ -106,6 +112,7 @@ class ConsumerConfig:
             "ack_wait": settings.ack_wait,
             "max_deliver": settings.consumer_max_deliver,
             "max_ack_pending": settings.consumer_max_ack_pending,
+            "verification": settings.event_verification,
         }
         values.update(overrides)
         return cls(**values)
@@ -151,14 +158,24 @@ class HandlerConsumer:
         self._sleep = sleep
         self._rng = rng
         self._letters = PostgresDeadLetters()
+        self._verifier = StoreVerifier(config.verification)
         self._sub: Any = None
         self.durable = config.durable or consumer_name(handler.name)
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` has bound this consumer to its durable consumer."""
+        return self._sub is not None
 
     async def start(self) -> None:
         """Creates (or updates) the durable consumer and binds to it.
 
         A handler's durable consumer is kept across restarts: it dedups by event id, so
-        JetStream's own ack state is the right place to resume from.
+        JetStream's own ack state is the right place to resume from. JetStream itself
+        redelivers without limit: were it to stop after ``max_deliver``, a message whose last
+        delivery failed (a crash, an outage while dead-lettering) would vanish without a
+        trace. This consumer counts deliveries itself and dead-letters a message on its
+        ``max_deliver``-th delivery instead.
         """
         cfg = self._config
         js = self._broker.js
@@ -167,7 +184,7 @@ class HandlerConsumer:
             deliver_policy=api.DeliverPolicy.ALL,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=cfg.ack_wait,
-            max_deliver=cfg.max_deliver,
+            max_deliver=-1,
             max_ack_pending=cfg.max_ack_pending,
             filter_subject=cfg.filter_subject or f"{cfg.subject_prefix}.>",
         )
@@ -208,21 +225,50 @@ class HandlerConsumer:
         except nats.errors.Error as e:
             msg = f"fetch for handler {self.handler.name!r} failed: {e!r}"
             raise BrokerUnavailable(msg) from e
+        intakes = await asyncio.to_thread(self._read, msgs)
+        verdicts = await asyncio.to_thread(self._verify, intakes)
         batch = HandlerBatch(received=len(msgs))
-        for m in msgs:
-            outcome = await self._process(m)
+        for m, intake, verdict in zip(msgs, intakes, verdicts, strict=True):
+            try:
+                outcome = await self._process(m, intake, verdict)
+            except Exception as e:
+                if is_fault(e):
+                    raise  # unacked: redelivered once the outage is over
+                # A defect met by this one message: it must not stop the others.
+                error = f"unexpected error processing the message: {e!r}"
+                await self._dead_letter(m, intake.envelope, error, 1)
+                outcome = "dead_lettered"
             setattr(batch, outcome, getattr(batch, outcome) + 1)
         return batch
 
-    async def _process(self, m: Msg) -> str:
+    def _read(self, msgs: list[Msg]) -> list[Intake]:
+        return [read_message(m.data, self.handler.decoder) for m in msgs]
+
+    def _verify(self, intakes: list[Intake]) -> list[str | None]:
+        """Checks every readable message of the batch against the store, in one query per log
+        (a forged event must never reach the handler's side effects)."""
+        readable = [(n, i.envelope) for n, i in enumerate(intakes) if i.envelope is not None]
+        if self._verifier.mode == "broker" or not readable:
+            return [None] * len(intakes)
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                found = self._verifier.verify(cur, [e for _, e in readable if e is not None])
+        except psycopg.OperationalError as e:
+            raise translate(e, f"verifying events for {self.handler.name!r}") from e
+        verdicts: list[str | None] = [None] * len(intakes)
+        for (n, _), verdict in zip(readable, found, strict=True):
+            verdicts[n] = verdict
+        return verdicts
+
+    async def _process(self, m: Msg, intake: Intake, forged: str | None) -> str:
         if is_dead_letter_subject(self._config.subject_prefix, m.subject):
             await _ack(m)
             return "ignored"
         delivered = m.metadata.num_delivered or 1
-        intake = read_message(m.data, self.handler.decoder)
         envelope, event = intake.envelope, intake.event
-        if envelope is None or intake.error is not None:
-            await self._dead_letter(m, envelope, intake.error or "unreadable", delivered)
+        error = forged or intake.error
+        if envelope is None or error is not None:
+            await self._dead_letter(m, envelope, error or "unreadable", delivered)
             return "dead_lettered"
         maximum = self._config.max_deliver
         if maximum != -1 and delivered >= maximum:

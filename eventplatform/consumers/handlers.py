@@ -25,11 +25,14 @@ from eventplatform.consumers.dead_letters import (
     PostgresDeadLetters,
 )
 from eventplatform.consumers.decoding import EventDecoder
+from eventplatform.consumers.faults import is_outage
 from eventplatform.consumers.retry import RetryPolicy, Sleep
+from eventplatform.consumers.verification import StoreVerifier
 from eventplatform.errors import (
     ConfigurationError,
     DecodeError,
     EventPlatformError,
+    StoreUnavailable,
 )
 from eventplatform.messagebus import cloudevents
 from eventplatform.messagebus.cloudevents import CloudEvent
@@ -134,6 +137,8 @@ class IdempotentEventHandler:
 
         Raises:
             HandlerFailed: it failed permanently or on every attempt.
+            StoreUnavailable: PostgreSQL could not be reached on the last attempt (the event
+                is not at fault: leave it unacknowledged).
         """
         attempt = 0
         while True:
@@ -154,6 +159,10 @@ class IdempotentEventHandler:
                     )
                     await sleep(delay)
                     continue
+                if is_outage(e):
+                    # The database is away, the event is fine: never dead-letter it for that.
+                    msg = f"handler {self.name!r} cannot reach PostgreSQL: {e!r}"
+                    raise StoreUnavailable(msg) from e
                 msg = (
                     f"handler {self.name!r} failed on event {envelope.id} ({envelope.type}): {e!r}"
                 )
@@ -174,9 +183,16 @@ def idempotent(name: str, **options: Any) -> Callable[[HandlerFunc], IdempotentE
 
 
 def retry_dead_letter(
-    conn: psycopg.Connection[Any], handler: IdempotentEventHandler, dead_letter_id: int
+    conn: psycopg.Connection[Any],
+    handler: IdempotentEventHandler,
+    dead_letter_id: int,
+    *,
+    verifier: StoreVerifier | None = None,
 ) -> str:
     """Replays one dead letter through the handler, in one transaction with its resolution.
+
+    The event is checked against the store first (``verifier``, default: the store), as live
+    traffic is: a forged dead letter stays a dead letter.
 
     Returns:
         ``"applied"``, ``"duplicate"`` (the marker says it ran already) or ``"not open"``
@@ -196,6 +212,9 @@ def retry_dead_letter(
             try:
                 with conn.transaction():
                     envelope, event = handler.decode(letter.body)
+                    (forged,) = (verifier or StoreVerifier()).verify(cur, [envelope])
+                    if forged is not None:
+                        raise DecodeError(forged)
                     ran = handler.process(conn, envelope, event)
             except Exception as e:
                 letters.note_failure(cur, letter.id, f"retry failed: {e!r}")

@@ -23,11 +23,11 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
-from eventplatform.consumers.dead_letters import PostgresDeadLetters
+from eventplatform.consumers.dead_letters import PostgresDeadLetters, encode_headers
 from eventplatform.consumers.decoding import EventDecoder
 from eventplatform.consumers.projection import Projection
+from eventplatform.consumers.verification import StoreVerifier
 from eventplatform.errors import DecodeError, EventPlatformError, ProjectionError
 from eventplatform.messagebus import cloudevents
 from eventplatform.store.postgres import translate
@@ -98,7 +98,7 @@ class PostgresParking:
                 sequence,
                 subject,
                 body,
-                Jsonb(dict(headers)) if headers else None,
+                encode_headers(headers),
             ),
         )
 
@@ -139,6 +139,7 @@ def release(
     dead_letter_id: int,
     *,
     decoder: EventDecoder | None = None,
+    verifier: StoreVerifier | None = None,
 ) -> ReleaseResult:
     """Applies a projection's dead letter and the events parked behind it, in order.
 
@@ -147,6 +148,8 @@ def release(
         projection: the projection that dead-lettered it (after the fix).
         dead_letter_id: the dead letter's id.
         decoder: the projection's decoder (default: from its ``event_classes``).
+        verifier: checks the events against the store first, as live traffic is (default:
+            the store); a forged dead letter is never applied.
 
     Returns:
         What was applied; ``status == "not open"`` when it had been released already.
@@ -173,10 +176,13 @@ def release(
             )
             try:
                 with conn.transaction():
-                    events = [
-                        decoder.decode(cloudevents.decode(body))
-                        for body in [letter.body, *(b for _, b in behind)]
+                    envelopes = [
+                        cloudevents.decode(body) for body in [letter.body, *(b for _, b in behind)]
                     ]
+                    forged = [v for v in (verifier or StoreVerifier()).verify(cur, envelopes) if v]
+                    if forged:
+                        raise DecodeError(forged[0])
+                    events = [decoder.decode(envelope) for envelope in envelopes]
                     projection.apply_batch(cur, events)
             except Exception as e:
                 if conn.broken:

@@ -1,65 +1,115 @@
 """Running consumer processes: settings in, a projection worker or a handler consumer out.
 
-Each ``run_*`` coroutine owns its connections, reconnects after a lost database or NATS
-connection, and returns when ``stop`` is set. Projection workers wait as hot standbys on a
-PostgreSQL advisory lock, which the server releases the moment the holder's session dies.
+Each ``run_*`` coroutine owns its connections and returns when ``stop`` is set. No
+infrastructure fault ends it (PostgreSQL or NATS restarted, an admin shutdown, a connection
+reset, a killed session, a pool that cannot connect): each is retried with capped back-off and
+jitter, logged once per outage, and work resumes where the database says it stopped.
+
+Projection workers of one projection elect one active worker by a lease (the relay's kind:
+a row with a fencing token, pooler-safe); the others stand by and take over within about
+``APP_PROJECTION_LEASE_TTL * 4/3`` when it dies, hangs or is cut off. Leadership only saves
+work: every batch commit passes the lease fence and a compare-and-set of the position, so a
+deposed worker that wakes up cannot commit. Handler consumers need no lease: competing handler
+processes share one durable consumer, and the marker row per event id keeps each effect
+exactly-once whoever processes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from psycopg_pool import ConnectionPool
 
 from eventplatform.backoff import backoff, sleep_or_stop
 from eventplatform.consumers.dead_letters import dead_letter_stream
+from eventplatform.consumers.faults import is_fault
 from eventplatform.consumers.handler_consumer import ConsumerConfig, HandlerBatch, HandlerConsumer
 from eventplatform.consumers.handlers import IdempotentEventHandler
 from eventplatform.consumers.projection import Projection
 from eventplatform.consumers.retry import policy_from_settings
-from eventplatform.consumers.worker import BatchResult, ProjectionWorker, WorkerConfig
-from eventplatform.errors import BrokerUnavailable, StoreUnavailable
-from eventplatform.messagebus.nats_broker import NatsBroker, stream_spec
+from eventplatform.consumers.worker import (
+    BatchResult,
+    ProjectionWorker,
+    WorkerConfig,
+    term_consumer_name,
+)
+from eventplatform.errors import BrokerUnavailable
+from eventplatform.leases.fence import LeaseFence
+from eventplatform.leases.leadership import (
+    Leadership,
+    LeaseConfig,
+    LeaseLost,
+    PostgresLeases,
+    new_holder_id,
+    projection_lease,
+)
+from eventplatform.messagebus.nats_broker import NatsBroker, probe, stream_spec
 from eventplatform.settings import Settings
-from eventplatform.store.postgres import translate
+from eventplatform.store.postgres import connect_async
 
 logger = logging.getLogger(__name__)
 
 
-@asynccontextmanager
-async def exclusive(
-    dsn: str, name: str, stop: asyncio.Event, *, poll: float = 0.5
-) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """Holds a session advisory lock named ``name`` while the body runs.
+class Outage:
+    """Logs an outage once when it starts and once when it ends; counts the back-off.
 
-    Waits (as a standby) until the lock is free or ``stop`` is set.
-
-    Yields:
-        The connection holding the lock; if it dies, the lock is gone with it.
+    Args:
+        who: names the worker in the log lines.
     """
-    try:
-        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-    except psycopg.OperationalError as e:
-        raise translate(e, f"taking the lock {name!r}") from e
-    async with conn:
-        announced = False
-        while not stop.is_set():
-            cur = await conn.execute(
-                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,)
-            )
-            row = await cur.fetchone()
-            if row and row[0]:
-                break
-            if not announced:
-                logger.info("standing by: %s is held by another process", name)
-                announced = True
-            await sleep_or_stop(stop, poll)
-        yield conn
+
+    def __init__(self, who: str) -> None:
+        self.who = who
+        self.failures = 0
+
+    async def wait(self, stop: asyncio.Event, e: BaseException) -> None:
+        """Notes a fault and sleeps the back-off (cut short by ``stop``)."""
+        self.failures += 1
+        if self.failures == 1:
+            hint = ""
+            if isinstance(e, psycopg.errors.UndefinedTable):
+                hint = " (run 'eventplatform schema')"
+            logger.warning("%s paused: %s%s; retrying", self.who, _describe(e), hint)
+        await sleep_or_stop(stop, backoff(self.failures, 0.2, 5.0))
+
+    def over(self) -> None:
+        """Notes that work succeeded again."""
+        if self.failures:
+            logger.info("%s resumed after %d retries", self.who, self.failures)
+            self.failures = 0
+
+
+def _describe(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+async def connect_broker(broker: NatsBroker, servers: list[str], stop: asyncio.Event) -> bool:
+    """Connects ``broker`` unless connected, retrying while NATS is away.
+
+    Probes first: nats-py retries a refused first connection forever inside ``connect()``
+    and does not honour cancellation there, so a worker started during an outage could never
+    be stopped.
+
+    Returns:
+        True when connected, False when ``stop`` was set first.
+    """
+    outage = Outage("NATS connection")
+    while not stop.is_set():
+        if broker.connected:
+            outage.over()
+            return True
+        try:
+            await probe(servers)
+            await broker.connect()
+        except BrokerUnavailable as e:
+            await outage.wait(stop, e)
+    return False
 
 
 async def run_projection(
@@ -68,73 +118,105 @@ async def run_projection(
     stop: asyncio.Event,
     *,
     on_batch: Callable[[BatchResult], None] | None = None,
+    lease: LeaseConfig | None = None,
+    holder: str | None = None,
 ) -> None:
-    """Runs a projection worker until ``stop`` is set.
+    """Runs a projection worker until ``stop`` is set: it leads, or stands by for the lease.
 
     Args:
         settings: platform settings.
         projection: the read model to maintain.
         stop: set it to shut down after the current batch.
         on_batch: called after each committed batch that did something.
+        lease: leadership timing (default: ``APP_PROJECTION_LEASE_TTL``).
+        holder: this worker's holder id in the lease table (default ``host:pid:random``).
     """
     dsn = settings.require_dsn()
     broker = NatsBroker(settings.nats_servers, name=f"projection-{projection.name}")
-    await _connect_broker(broker, stop)
     pool: ConnectionPool[Any] = ConnectionPool(
         dsn, min_size=1, max_size=2, open=False, kwargs={"autocommit": False}
     )
-    failures = 0
+    lease = lease or LeaseConfig(ttl=settings.projection_lease_ttl)
+    holder = holder or new_holder_id()
+    outage = Outage(f"projection {projection.name}")
     try:
         pool.open(wait=False)
-        await ensure_consumer_streams(broker, settings)
         while not stop.is_set():
             try:
-                async with exclusive(dsn, f"eventplatform.projection:{projection.name}", stop):
-                    if stop.is_set():
-                        break
-                    worker = ProjectionWorker(
-                        projection=projection,
-                        broker=broker,
-                        pool=pool,
-                        config=WorkerConfig(
-                            stream=settings.stream,
-                            filter_subject=f"{settings.subject_prefix}.>",
-                            batch_size=settings.projection_batch_size,
-                            fetch_timeout=settings.projection_fetch_timeout,
-                            ack_wait=settings.ack_wait,
-                            policy=policy_from_settings(settings),
-                            subject_prefix=settings.subject_prefix,
-                        ),
-                    )
-                    await worker.start()
-                    while not stop.is_set():
-                        result = await worker.process_once()
-                        if on_batch is not None and result.received:
-                            on_batch(result)
-                        failures = 0
-            except (StoreUnavailable, BrokerUnavailable) as e:
-                failures += 1
-                if failures == 1:
-                    logger.warning("projection %s paused: %s; retrying", projection.name, e)
-                await sleep_or_stop(stop, backoff(failures, 0.2, 5.0))
+                if not await connect_broker(broker, settings.nats_servers, stop):
+                    break
+                await ensure_consumer_streams(broker, settings)
+                await _lead_projection(
+                    settings, projection, broker, pool, stop, on_batch, lease, holder, outage
+                )
+            except LeaseLost as e:
+                logger.warning("projection %s steps down: %s", projection.name, e)
+            except Exception as e:
+                if not is_fault(e):
+                    raise
+                await outage.wait(stop, e)
     finally:
         pool.close()
         await broker.close()
 
 
-async def _connect_broker(broker: NatsBroker, stop: asyncio.Event) -> None:
-    failures = 0
-    while True:
-        try:
-            await broker.connect()
+async def _lead_projection(
+    settings: Settings,
+    projection: Projection,
+    broker: NatsBroker,
+    pool: ConnectionPool[Any],
+    stop: asyncio.Event,
+    on_batch: Callable[[BatchResult], None] | None,
+    lease_config: LeaseConfig,
+    holder: str,
+    outage: Outage,
+) -> None:
+    """Stands by for the lease, then runs the worker while it holds it."""
+    name = projection_lease(projection.name)
+    dsn = settings.require_dsn()
+    async with await connect_async(dsn, "opening the lease connection") as lease_conn:
+        leadership = Leadership(
+            PostgresLeases(lease_conn), name, holder=holder, config=lease_config
+        )
+        lease = await leadership.acquire(stop)
+        if lease is None:
             return
-        except BrokerUnavailable as e:
-            failures += 1
-            if failures == 1:
-                logger.warning("%s; retrying", e)
-            if stop.is_set():
-                raise
-            await sleep_or_stop(stop, backoff(failures, 0.2, 5.0))
+        outage.over()
+        logger.info(
+            "projection %s: %s leads (lease token %d)", projection.name, holder, lease.token
+        )
+        keeper = asyncio.create_task(leadership.keep())
+        try:
+            worker = ProjectionWorker(
+                projection=projection,
+                broker=broker,
+                pool=pool,
+                config=WorkerConfig(
+                    stream=settings.stream,
+                    filter_subject=f"{settings.subject_prefix}.>",
+                    batch_size=settings.projection_batch_size,
+                    fetch_timeout=settings.projection_fetch_timeout,
+                    ack_wait=settings.ack_wait,
+                    policy=policy_from_settings(settings),
+                    subject_prefix=settings.subject_prefix,
+                    verification=settings.event_verification,
+                    idle_timeout=max(2.0, lease_config.ttl),
+                    durable=term_consumer_name(projection, lease.token),
+                ),
+                fence=LeaseFence(name, lease.token),
+                alive=leadership.check,
+            )
+            await worker.start()
+            while not stop.is_set():
+                result = await worker.process_once()
+                outage.over()
+                if on_batch is not None and result.received:
+                    on_batch(result)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            await leadership.release()
 
 
 async def ensure_consumer_streams(broker: NatsBroker, settings: Settings) -> None:
@@ -154,27 +236,37 @@ async def run_handler(
     *,
     on_batch: Callable[[HandlerBatch], Awaitable[None] | None] | None = None,
 ) -> None:
-    """Runs a handler consumer until ``stop`` is set, reconnecting after failures."""
+    """Runs a handler consumer until ``stop`` is set; no infrastructure fault ends it.
+
+    Several may run for one handler: they share its durable consumer, and the marker row per
+    event id keeps each effect exactly-once whichever of them processes an event.
+    """
     broker = NatsBroker(settings.nats_servers, name=f"handler-{handler.name}")
-    await broker.connect()
     pool: ConnectionPool[Any] = ConnectionPool(
         settings.require_dsn(), min_size=1, max_size=2, open=False, kwargs={"autocommit": False}
     )
-    failures = 0
+    outage = Outage(f"handler {handler.name}")
+    consumer = HandlerConsumer(
+        handler=handler,
+        broker=broker,
+        pool=pool,
+        config=ConsumerConfig.from_settings(settings),
+    )
     try:
         pool.open(wait=False)
-        await ensure_consumer_streams(broker, settings)
-        consumer = HandlerConsumer(
-            handler=handler, broker=broker, pool=pool, config=ConsumerConfig.from_settings(settings)
-        )
         while not stop.is_set():
             try:
+                if not await connect_broker(broker, settings.nats_servers, stop):
+                    break
+                if not consumer.started:
+                    await ensure_consumer_streams(broker, settings)
+                    await consumer.start()
                 batch = await consumer.process_once()
-                failures = 0
-            except (StoreUnavailable, BrokerUnavailable) as e:
-                failures += 1
-                logger.warning("handler %s paused: %s; retrying", handler.name, e)
-                await sleep_or_stop(stop, handler.policy.delay(min(failures, 30)))
+                outage.over()
+            except Exception as e:
+                if not is_fault(e):
+                    raise
+                await outage.wait(stop, e)
                 continue
             if on_batch is not None and batch.received:
                 result = on_batch(batch)

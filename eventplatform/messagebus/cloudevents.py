@@ -13,6 +13,7 @@ Decoding is where untrusted bytes enter a consumer, so it is strict and every fa
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -94,7 +95,7 @@ def encode(
         "sequence": notification_id,
         "aggregateversion": version,
     }
-    timestamp = _timestamp_of(state)
+    timestamp = time_of(state)
     if timestamp is not None:
         envelope["time"] = timestamp
     if traceparent:
@@ -103,7 +104,8 @@ def encode(
     return orjson.dumps(envelope)
 
 
-def _timestamp_of(state: bytes) -> str | None:
+def time_of(state: bytes) -> str | None:
+    """The ``time`` attribute the relay gives an event with this stored state."""
     # eventsourcing writes the timestamp first: '{"timestamp":{"_type_":"datetime_iso",
     # "_data_":"2026-...+00:00"},...'. Slice it out instead of parsing the whole state.
     marker = b'"timestamp":{"_type_":"datetime_iso","_data_":"'
@@ -146,11 +148,26 @@ class CloudEvent:
     raw: bytes = field(default=b"", repr=False)
 
 
-_REQUIRED_STR = ("id", "source", "type", "subject")
+#: Largest value a PostgreSQL bigint holds: positions and versions are stored as bigint.
+MAX_BIGINT = 2**63 - 1
+#: Longest event type (topic) accepted; a topic names a class, it is never long.
+MAX_TYPE_LENGTH = 255
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_LOG = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+#: Printable, no control characters: what a topic may hold.
+_TYPE = re.compile(r"^[^\x00-\x1f\x7f]+$")
+_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 def decode(body: bytes) -> CloudEvent:
-    """Decodes and checks a CloudEvents JSON message.
+    """Decodes and checks a CloudEvents JSON message; the broker is not trusted for content.
+
+    Every attribute is checked against what the relay publishes, before anything is stored
+    or compared with it: ``id`` and ``subject`` are lowercase UUIDs, ``source`` is a log name,
+    ``type`` is printable and short, ``sequence`` and ``aggregateversion`` fit a bigint,
+    ``time`` is RFC 3339. A ``traceparent`` that is not W3C is dropped, as the W3C
+    specification says, rather than failing the event.
 
     Args:
         body: the message payload.
@@ -159,8 +176,8 @@ def decode(body: bytes) -> CloudEvent:
         The decoded envelope.
 
     Raises:
-        DecodeError: not JSON, not an object, not CloudEvents 1.0, or a required attribute
-            missing or of the wrong type; the message says which.
+        DecodeError: not JSON, not an object, not CloudEvents 1.0, or an attribute missing,
+            of the wrong type or out of range; the message says which.
     """
     try:
         doc = orjson.loads(body)
@@ -171,34 +188,71 @@ def decode(body: bytes) -> CloudEvent:
         msg = f"message is not a JSON object but {type(doc).__name__}"
         raise DecodeError(msg)
     if doc.get("specversion") != SPEC_VERSION:
-        msg = f"message is not CloudEvents {SPEC_VERSION}: specversion={doc.get('specversion')!r}"
+        shown = _shown(doc.get("specversion"))
+        msg = f"message is not CloudEvents {SPEC_VERSION}: specversion={shown}"
         raise DecodeError(msg)
-    for name in _REQUIRED_STR:
-        value = doc.get(name)
-        if not isinstance(value, str) or not value:
-            msg = f"CloudEvent attribute {name!r} must be a non-empty string, got {value!r}"
-            raise DecodeError(msg)
-    sequence = doc.get("sequence")
-    version = doc.get("aggregateversion")
-    for name, value in (("sequence", sequence), ("aggregateversion", version)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            msg = f"CloudEvent extension {name!r} must be a positive integer, got {value!r}"
-            raise DecodeError(msg)
+    event_id = _text(doc, "id", _UUID, "a lowercase UUID")
+    source = _text(doc, "source", _LOG, "a log name ([a-z][a-z0-9_]*, at most 41)")
+    event_type = _text(doc, "type", _TYPE, f"printable text of at most {MAX_TYPE_LENGTH}")
+    if len(event_type) > MAX_TYPE_LENGTH:
+        msg = (
+            f"CloudEvent attribute 'type' is {len(event_type)} characters long"
+            f" (max {MAX_TYPE_LENGTH})"
+        )
+        raise DecodeError(msg)
+    subject = _text(doc, "subject", _UUID, "an aggregate id (a lowercase UUID)")
+    sequence = _position(doc, "sequence")
+    version = _position(doc, "aggregateversion")
     data = doc.get("data")
     if not isinstance(data, dict):
         msg = f"CloudEvent 'data' must be a JSON object, got {type(data).__name__}"
         raise DecodeError(msg)
+    content_type = doc.get("datacontenttype", CONTENT_TYPE)
+    if content_type != CONTENT_TYPE:
+        msg = f"CloudEvent 'datacontenttype' must be {CONTENT_TYPE!r}, got {_shown(content_type)}"
+        raise DecodeError(msg)
     time = doc.get("time")
+    if time is not None and not (isinstance(time, str) and _TIME.match(time)):
+        msg = f"CloudEvent attribute 'time' must be an RFC 3339 timestamp, got {_shown(time)}"
+        raise DecodeError(msg)
     traceparent = doc.get("traceparent")
+    if not (isinstance(traceparent, str) and _TRACEPARENT.match(traceparent)):
+        traceparent = None
     return CloudEvent(
-        id=doc["id"],
-        source=doc["source"],
-        type=doc["type"],
-        subject=doc["subject"],
-        sequence=sequence,  # type: ignore[arg-type]
-        aggregate_version=version,  # type: ignore[arg-type]
+        id=event_id,
+        source=source,
+        type=event_type,
+        subject=subject,
+        sequence=sequence,
+        aggregate_version=version,
         data=data,
-        time=time if isinstance(time, str) else None,
-        traceparent=traceparent if isinstance(traceparent, str) else None,
+        time=time,
+        traceparent=traceparent,
         raw=body,
     )
+
+
+def _text(doc: dict[str, Any], name: str, pattern: re.Pattern[str], what: str) -> str:
+    value = doc.get(name)
+    if not isinstance(value, str) or not pattern.match(value):
+        msg = f"CloudEvent attribute {name!r} must be {what}, got {_shown(value)}"
+        raise DecodeError(msg)
+    return value
+
+
+def _position(doc: dict[str, Any], name: str) -> int:
+    value = doc.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_BIGINT:
+        msg = (
+            f"CloudEvent extension {name!r} must be an integer within 1..2^63-1,"
+            f" got {_shown(value)}"
+        )
+        raise DecodeError(msg)
+    return value
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    """A value for an error message: repr'd (so NUL and control characters show escaped),
+    and cut short (a hostile message may carry megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

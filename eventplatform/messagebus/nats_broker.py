@@ -127,6 +127,12 @@ class NatsBroker:
         return redact(", ".join(self._servers))
 
     @property
+    def connected(self) -> bool:
+        """Whether :meth:`connect` succeeded and the client has not been closed since (it may
+        be reconnecting in the background)."""
+        return self._nc is not None and not self._nc.is_closed
+
+    @property
     def js(self) -> JetStreamContext:
         """The JetStream context (after :meth:`connect`)."""
         if self._js is None:

@@ -34,6 +34,7 @@ PARKED_EVENTS = "eventplatform_parked_events"
 LEASES = "eventplatform_leases"
 UNROUTED_EVENTS = "eventplatform_unrouted_events"
 PROJECTION_VERSIONS = "eventplatform_projection_versions"
+CONSUMER_CURSORS = "eventplatform_consumer_cursors"
 
 #: Channel a committed tracking update is announced on; payload "projection log position".
 TRACKING_CHANNEL = "eventplatform_tracking"
@@ -78,7 +79,8 @@ _PLATFORM_TABLES = [
         " error text NOT NULL,"
         " attempts integer NOT NULL DEFAULT 1,"
         " body bytea NOT NULL,"
-        " headers jsonb,"
+        # bytea, not jsonb: jsonb refuses a NUL, and a dead letter must never be refused.
+        " headers bytea,"
         " created_at timestamptz NOT NULL DEFAULT now(),"
         # Added by the dead-letter/parking feature (issue 4): see dead_letters.py.
         " event_id text,"
@@ -108,7 +110,7 @@ _PLATFORM_TABLES = [
         " sequence bigint NOT NULL,"
         " subject text,"
         " body bytea NOT NULL,"
-        " headers jsonb,"
+        " headers bytea,"
         " dead_letter_id bigint,"
         " created_at timestamptz NOT NULL DEFAULT now())"
     ).format(sql.Identifier(PARKED_EVENTS)),
@@ -133,6 +135,13 @@ _PLATFORM_TABLES = [
         " recorded_at timestamptz NOT NULL DEFAULT now(),"
         " PRIMARY KEY (log, notification_id))"
     ).format(sql.Identifier(UNROUTED_EVENTS)),
+    # How far in the stream each projection worker got, dead letters included (issue 10).
+    sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} ("
+        " consumer text PRIMARY KEY,"
+        " stream_sequence bigint NOT NULL,"
+        " updated_at timestamptz NOT NULL DEFAULT now())"
+    ).format(sql.Identifier(CONSUMER_CURSORS)),
     # The version serving each projection's read model (issue 5): see versions.py.
     sql.SQL(
         "CREATE TABLE IF NOT EXISTS {} ("
@@ -192,14 +201,38 @@ def create_schema(
             lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 
 
+#: Columns an earlier version created as jsonb; they hold original headers now, as bytea.
+_JSONB_TO_BYTEA = ((DEAD_LETTERS, "headers"), (PARKED_EVENTS, "headers"))
+
+
 def _create_platform_tables(conn: psycopg.Connection[object]) -> None:
     try:
         with conn.transaction():
             for statement in _PLATFORM_TABLES:
                 conn.execute(statement)
+            for table, column in _JSONB_TO_BYTEA:
+                _jsonb_to_bytea(conn, table, column)
     except psycopg.Error as e:
         msg = f"creating the platform tables failed: {e}"
         raise SchemaError(msg) from e
+
+
+def _jsonb_to_bytea(conn: psycopg.Connection[object], table: str, column: str) -> None:
+    """Migrates a jsonb column to bytea holding the same JSON text (idempotent)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT data_type = 'jsonb' FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = %s AND column_name = %s",
+            (table, column),
+        )
+        is_jsonb = cur.fetchone() == (True,)
+    if is_jsonb:
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE {t} ALTER COLUMN {c} TYPE bytea USING convert_to({c}::text, 'UTF8')"
+            ).format(t=sql.Identifier(table), c=sql.Identifier(column))
+        )
+        logger.info("migrated %s.%s from jsonb to bytea", table, column)
 
 
 def _create_event_store(dsn: str, log: str) -> None:

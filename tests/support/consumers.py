@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,19 +15,40 @@ from eventplatform.consumers.dead_letters import dead_letter_stream
 from eventplatform.consumers.handlers import IdempotentEventHandler
 from eventplatform.consumers.projection import Projection
 from eventplatform.consumers.retry import RetryPolicy
+from eventplatform.consumers.verification import StoreVerifier
 from eventplatform.consumers.worker import ProjectionWorker, WorkerConfig
 from eventplatform.messagebus import cloudevents
 from eventplatform.messagebus.nats_broker import NatsBroker, OutgoingMessage, StreamSpec
+
+#: For specs whose events are made by hand (no event store to verify them against).
+TRUST_BROKER = StoreVerifier("broker")
+
+#: Aggregate ids are UUIDs on the wire; specs name aggregates "A", "B"... and map them here.
+_NAMESPACE = uuid.UUID("7d0c1f57-2b0e-4f6e-8f8a-3f1e0b5c2a11")
+_NAMES: dict[str, str] = {}
+
+
+def agg(name: str) -> str:
+    """The aggregate id (a UUID string) a spec's aggregate ``name`` stands for."""
+    aggregate = str(uuid.uuid5(_NAMESPACE, name))
+    _NAMES[aggregate] = name
+    return aggregate
+
+
+def name_of(aggregate: str) -> str:
+    """The spec's name of an aggregate id made by :func:`agg` (the id itself otherwise)."""
+    return _NAMES.get(aggregate, aggregate)
 
 
 def event_body(
     aggregate: str, version: int, sequence: int, *, log: str = "products", **data: Any
 ) -> bytes:
-    """A CloudEvent as the relay would publish it (topic ``Thing.Happened``)."""
+    """A CloudEvent as the relay would publish it (topic ``Thing.Happened``), for the
+    aggregate the spec calls ``aggregate``."""
     return cloudevents.encode(
         log=log,
         notification_id=sequence,
-        aggregate_id=aggregate,
+        aggregate_id=agg(aggregate),
         version=version,
         topic="Thing.Happened",
         state=orjson.dumps({"n": version, **data}),
@@ -79,8 +101,8 @@ async def subject_messages(broker: NatsBroker, stream: str, subject: str) -> lis
 class OrderedProjection(Projection):
     """Records every applied event with its order; fails for the events in ``broken``.
 
-    Events arrive as CloudEvent envelopes (no ``event_classes``): ``subject`` is the aggregate,
-    ``aggregate_version`` the version.
+    Events arrive as CloudEvent envelopes (no ``event_classes``): ``subject`` is the aggregate
+    (``broken`` names it as the spec does, see :func:`agg`), ``aggregate_version`` the version.
     """
 
     name = "ordered"
@@ -98,8 +120,8 @@ class OrderedProjection(Projection):
         )
 
     def apply(self, cur: psycopg.Cursor[Any], event: Any) -> None:
-        if (event.subject, event.aggregate_version) in self.broken:
-            msg = f"cannot apply {event.subject} v{event.aggregate_version}"
+        if (name_of(event.subject), event.aggregate_version) in self.broken:
+            msg = f"cannot apply {name_of(event.subject)} v{event.aggregate_version}"
             raise ValueError(msg)
         cur.execute(
             sql.SQL("INSERT INTO {} (aggregate, version) VALUES (%s, %s)").format(
@@ -110,10 +132,10 @@ class OrderedProjection(Projection):
 
 
 def applied(dsn: str, table: str = "ordered_events") -> list[tuple[str, int]]:
-    """(aggregate, version) in the order the projection applied them."""
+    """(aggregate name, version) in the order the projection applied them."""
     with psycopg.connect(dsn) as conn:
         return [
-            (r[0], r[1])
+            (name_of(r[0]), r[1])
             for r in conn.execute(
                 sql.SQL("SELECT aggregate, version FROM {} ORDER BY seq").format(
                     sql.Identifier(table)
@@ -145,6 +167,8 @@ async def worker_for(
         broker=broker,
         pool=pool,
         config=WorkerConfig(
+            # hand-made events, no event store: trust the broker
+            verification="broker",
             stream=prefix.upper(),
             filter_subject=f"{prefix}.>",
             batch_size=batch_size,

@@ -22,7 +22,16 @@ from eventplatform.consumers.dead_letters import dead_letter_subject
 from eventplatform.consumers.retry import PermanentError, RetryPolicy
 from eventplatform.settings import load_settings
 from eventplatform.store.schema import create_schema
-from tests.support.consumers import event_body, publish, rows, stream_for, subject_messages
+from tests.support.consumers import (
+    TRUST_BROKER,
+    agg,
+    event_body,
+    name_of,
+    publish,
+    rows,
+    stream_for,
+    subject_messages,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -49,6 +58,7 @@ def recording_effect(name: str, failures: list[BaseException] | None = None) -> 
 
 def consumer_for(handler, broker, pool, prefix, **kwargs):
     config = ConsumerConfig(
+        verification="broker",  # hand-made events, no event store
         stream=prefix.upper(),
         subject_prefix=prefix,
         batch_size=kwargs.pop("batch_size", 50),
@@ -136,7 +146,7 @@ async def test_a_permanent_failure_is_dead_lettered_at_once_and_the_consumer_goe
     await publish(broker, prefix, [event_body("bad", 1, 1), event_body("good", 1, 2)])
 
     def handle(cur: psycopg.Cursor[Any], event: Any) -> None:
-        if event.subject == "bad":
+        if name_of(event.subject) == "bad":
             raise PermanentError("the address is invalid")
         cur.execute("INSERT INTO effects VALUES ('h', %s, %s)", (event.id, event.subject))
 
@@ -153,10 +163,10 @@ async def test_a_permanent_failure_is_dead_lettered_at_once_and_the_consumer_goe
     [(consumer, error, attempts, aggregate, body)] = rows(
         dsn, "SELECT consumer, error, attempts, aggregate, body FROM eventplatform_dead_letters"
     )
-    assert (consumer, attempts, aggregate) == ("h", 1, "bad")
+    assert (consumer, attempts, aggregate) == ("h", 1, agg("bad"))
     assert "the address is invalid" in error
     assert bytes(body) == event_body("bad", 1, 1)
-    assert rows(dsn, "SELECT aggregate FROM effects") == [("good",)]
+    assert rows(dsn, "SELECT aggregate FROM effects") == [(agg("good"),)]
     announced = await subject_messages(
         broker, f"{prefix.upper()}_DLQ", dead_letter_subject(prefix, "h")
     )
@@ -197,8 +207,8 @@ async def test_retrying_a_fixed_dead_letter_twice_applies_it_once(dsn, pool, bro
 
     broken[0] = False  # the fix is deployed
     with psycopg.connect(dsn) as conn:
-        first = retry_dead_letter(conn, handler, letter_id)
-        second = retry_dead_letter(conn, handler, letter_id)
+        first = retry_dead_letter(conn, handler, letter_id, verifier=TRUST_BROKER)
+        second = retry_dead_letter(conn, handler, letter_id, verifier=TRUST_BROKER)
 
     assert (first, second) == ("applied", "not open")
     assert rows(dsn, "SELECT count(*) FROM effects") == [(1,)]
@@ -250,7 +260,11 @@ async def test_a_slow_handler_extends_its_ack_deadline_instead_of_being_redelive
 
     handler = IdempotentEventHandler("slow", handle)
     config = ConsumerConfig(
-        stream=prefix.upper(), subject_prefix=prefix, fetch_timeout=0.3, ack_wait=1.0
+        verification="broker",  # hand-made events, no event store
+        stream=prefix.upper(),
+        subject_prefix=prefix,
+        fetch_timeout=0.3,
+        ack_wait=1.0,
     )
     consumer = HandlerConsumer(handler=handler, broker=broker, pool=pool, config=config)
 
@@ -279,7 +293,12 @@ async def test_a_message_that_never_finishes_is_dead_lettered_at_max_deliver(
     await publish(broker, prefix, [event_body("agg-1", 1, 1)])
     handler = IdempotentEventHandler("h", recording_effect("h"))
     config = ConsumerConfig(
-        stream=prefix.upper(), subject_prefix=prefix, fetch_timeout=0.3, ack_wait=1.0, max_deliver=2
+        verification="broker",  # hand-made events, no event store
+        stream=prefix.upper(),
+        subject_prefix=prefix,
+        fetch_timeout=0.3,
+        ack_wait=1.0,
+        max_deliver=2,
     )
     consumer = HandlerConsumer(handler=handler, broker=broker, pool=pool, config=config)
     await consumer.start()
@@ -305,6 +324,7 @@ async def test_run_handler_consumes_until_stopped(dsn, broker, unique_name):
         stream=prefix.upper(),
         subject_prefix=prefix,
         consumer_fetch_timeout=0.2,
+        event_verification="broker",  # hand-made events, no event store
     )
     handler = IdempotentEventHandler("runner", recording_effect("runner"))
     stop = asyncio.Event()

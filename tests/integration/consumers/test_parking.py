@@ -10,7 +10,9 @@ import pytest
 from eventplatform.consumers.parking import release
 from eventplatform.store.schema import create_schema
 from tests.support.consumers import (
+    TRUST_BROKER,
     OrderedProjection,
+    agg,
     applied,
     event_body,
     publish,
@@ -56,7 +58,9 @@ async def test_a_failing_event_parks_only_its_aggregate_and_release_applies_it_i
 
     assert applied(dsn) == [("A", 1), ("B", 1), ("B", 2), ("B", 3), ("B", 4)]
     [(letter_id, error, parked)] = rows(
-        dsn, "SELECT id, error, parked FROM eventplatform_dead_letters WHERE aggregate = 'A'"
+        dsn,
+        "SELECT id, error, parked FROM eventplatform_dead_letters WHERE aggregate = %s",
+        agg("A"),
     )
     assert parked
     assert "cannot apply A v2" in error
@@ -64,8 +68,8 @@ async def test_a_failing_event_parks_only_its_aggregate_and_release_applies_it_i
 
     projection.broken.clear()  # the fix is deployed
     with psycopg.connect(dsn) as conn:
-        first = release(conn, projection, letter_id)
-        second = release(conn, projection, letter_id)
+        first = release(conn, projection, letter_id, verifier=TRUST_BROKER)
+        second = release(conn, projection, letter_id, verifier=TRUST_BROKER)
 
     assert (first.status, first.applied) == ("applied", 3)
     assert (second.status, second.applied) == ("not open", 0)
@@ -89,7 +93,7 @@ async def test_a_release_that_still_fails_changes_nothing_and_records_the_error(
     [(letter_id,)] = rows(dsn, "SELECT id FROM eventplatform_dead_letters")
 
     with psycopg.connect(dsn) as conn, pytest.raises(Exception, match="cannot apply A v1"):
-        release(conn, projection, letter_id)
+        release(conn, projection, letter_id, verifier=TRUST_BROKER)
 
     assert applied(dsn) == []
     assert rows(dsn, "SELECT status, attempts FROM eventplatform_dead_letters") == [("open", 2)]

@@ -1,5 +1,6 @@
 """The wire format: CloudEvents 1.0 JSON with a deterministic id, decoded strictly."""
 
+import re
 import uuid
 from typing import Any
 
@@ -89,3 +90,55 @@ def test_the_id_is_the_standard_uuid5_of_aggregate_and_version():
     aggregate = uuid.uuid4()
     expected = uuid.uuid5(cloudevents.EVENT_ID_NAMESPACE, f"{aggregate}:3")
     assert cloudevents.event_id(aggregate, 3) == str(expected)
+
+
+def with_(**changes):
+    """A relay-made message with some attributes replaced, as a stranger could send it."""
+    body = orjson.dumps({**orjson.loads(encoded()), **{k: "@" for k in changes}})
+    for name, value in changes.items():  # by hand: orjson refuses integers beyond 64 bits
+        body = body.replace(f'"{name}":"@"'.encode(), f'"{name}":'.encode() + json(value))
+    return body
+
+
+def json(value: object) -> bytes:
+    return str(value).encode() if isinstance(value, int) else orjson.dumps(value)
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "complaint"),
+    [
+        ("id", "0b8a\x00", "'id' must be a lowercase UUID"),
+        ("id", "not-a-uuid", "'id' must be a lowercase UUID"),
+        ("source", "products\x00", "'source' must be a log name"),
+        ("source", "Products", "'source' must be a log name"),
+        ("source", "x" * 42, "'source' must be a log name"),
+        ("type", "Product.\x00Renamed", "'type' must be printable"),
+        ("type", "T" * 256, "'type' is 256 characters long"),
+        ("subject", f"{AGGREGATE}\x00", "'subject' must be an aggregate id"),
+        ("subject", "A", "'subject' must be an aggregate id"),
+        ("sequence", 2**63, "'sequence' must be an integer within 1..2^63-1"),
+        ("sequence", 0, "'sequence' must be an integer within 1..2^63-1"),
+        ("sequence", 7.0, "'sequence' must be an integer"),
+        ("aggregateversion", 2**64, "'aggregateversion' must be an integer within"),
+        ("aggregateversion", -(2**63) - 1, "'aggregateversion' must be an integer within"),
+        ("time", "yesterday\x00", "'time' must be an RFC 3339 timestamp"),
+    ],
+)
+def test_every_attribute_is_checked_against_what_the_relay_publishes(attribute, value, complaint):
+    with pytest.raises(DecodeError, match=re.escape(complaint)):
+        cloudevents.decode(with_(**{attribute: value}))
+
+
+def test_an_error_shows_a_hostile_value_escaped_and_cut_short():
+    with pytest.raises(DecodeError) as excinfo:
+        cloudevents.decode(with_(subject="\x00" * 10_000))
+    message = str(excinfo.value)
+    assert "\x00" not in message
+    assert "\\x00" in message
+    assert len(message) < 300
+
+
+def test_a_traceparent_that_is_not_w3c_is_dropped_not_fatal():
+    valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert cloudevents.decode(with_(traceparent=valid)).traceparent == valid
+    assert cloudevents.decode(with_(traceparent="x\x00y")).traceparent is None
