@@ -6,6 +6,7 @@ the outbox cursor the relay follows and the position a caller waits for to read 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,10 @@ class EventSourcedApplication(Application[UUID]):
                 )
             )
         except (OperationalError, ESInterfaceError) as e:
+            # Close the pool eventsourcing opened, now: left to the garbage collector, its
+            # close may run on one of the pool's own threads and fail there.
+            with contextlib.suppress(Exception):
+                self.close()
             raise _unavailable(dsn, f"opening the event store {self.name!r}", e) from e
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:

@@ -181,6 +181,7 @@ def test_retry_all_reads_open_dead_letters_page_by_page_and_meets_each_once(
                 for _ in range(2)
             ]
     monkeypatch.setenv("APP_DSN", database_dsn)
+    monkeypatch.setenv("APP_EVENT_VERIFICATION", "broker")  # hand-made events, no store
     monkeypatch.setattr("eventplatform.cli.dlq.RETRY_PAGE", 2)  # 7 letters: 4 pages
 
     code, out = dlq(
