@@ -6,7 +6,6 @@ searched for them."""
 from __future__ import annotations
 
 import signal
-import socket
 from collections.abc import Iterator
 from urllib.parse import quote
 
@@ -15,7 +14,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from eventplatform.testing.embedded import EmbeddedNats
+from eventplatform.testing.embedded import EmbeddedNats, free_port
 from tests.support.processes import Process
 
 pytestmark = pytest.mark.e2e
@@ -23,12 +22,6 @@ pytestmark = pytest.mark.e2e
 PG_SECRET = "PgSecret-e2e-4711"
 NATS_SECRET = "NatsSecret-e2e-0815"
 SECRETS = (PG_SECRET, NATS_SECRET, quote(PG_SECRET), quote(NATS_SECRET))
-
-
-def dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -103,21 +96,15 @@ def test_no_process_shows_a_password_in_any_output(env, nats_with_password):
     refused.wait_for_line("Authorization")
     refused.stop()
     done.append(refused)
-    dead_nats = {**env, "APP_NATS_URL": f"nats://bob:{NATS_SECRET}@127.0.0.1:{dead_port()}"}
+    dead_nats = {**env, "APP_NATS_URL": f"nats://bob:{NATS_SECRET}@127.0.0.1:{free_port()}"}
     unreachable = Process(["--log-level", "DEBUG", "relay"], dead_nats)
     unreachable.wait_for_line("cannot reach NATS")
     unreachable.stop()
     done.append(unreachable)
-    dead_pg = {
-        **env,
-        "APP_DSN": env["APP_DSN"].replace(
-            env["APP_DSN"].rsplit(":", 1)[1].split("/")[0], str(dead_port())
-        ),
-    }
+    dead_pg = {**env, "APP_DSN": f"postgresql://alice:{PG_SECRET}@127.0.0.1:{free_port()}/db"}
     done.append(run(["status"], dead_pg, status=1))
-    done.append(
-        run(["status"], {**env, "APP_POOL_SIZE": "lots", "APP_DUPLICATE_WINDOW": "inf"}, status=2)
-    )
+    broken = {**env, "APP_POOL_SIZE": "lots", "APP_DUPLICATE_WINDOW": "inf"}
+    done.append(run(["status"], broken, status=2))
     bad_dsn = {**env, "APP_DSN": env["APP_DSN"] + "?nonsense=1"}
     config_error = run(["status"], bad_dsn, status=2)
     done.append(config_error)

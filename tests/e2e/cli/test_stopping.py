@@ -8,25 +8,18 @@ running normally. Before, ``project`` started with NATS down and the relay after
 from __future__ import annotations
 
 import signal
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from eventplatform.store.schema import create_schema
-from eventplatform.testing.embedded import EmbeddedNats
+from eventplatform.testing.embedded import EmbeddedNats, free_port
 from tests.support.processes import Process
 
 pytestmark = pytest.mark.e2e
 
 #: "Within a second or two", plus the interpreter's own exit.
 BOUND = 3.0
-
-
-def dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +53,7 @@ def stopped_in_time(process: Process, sig: int) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_relay_waiting_for_an_unreachable_nats_stops_at_once(env, sig):
-    relay = Process(["relay"], {**env, "APP_NATS_URL": f"nats://127.0.0.1:{dead_port()}"})
+    relay = Process(["relay"], {**env, "APP_NATS_URL": f"nats://127.0.0.1:{free_port()}"})
     relay.wait_for_line("cannot reach NATS")
     stopped_in_time(relay, sig)
     assert relay.proc.returncode == 0
@@ -76,7 +69,7 @@ def test_a_relay_refused_for_a_wrong_password_stops_at_once(env, password_nats):
 
 
 def test_a_relay_that_cannot_reach_postgresql_stops_at_once(env):
-    dsn = f"postgresql://postgres@127.0.0.1:{dead_port()}/postgres"
+    dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     relay = Process(["relay"], {**env, "APP_DSN": dsn})
     relay.wait_for_line("relay lost PostgreSQL")
     stopped_in_time(relay, signal.SIGTERM)
@@ -93,7 +86,7 @@ def test_a_leading_relay_stops_at_once(env):
 def test_a_projection_worker_waiting_for_an_unreachable_nats_stops_at_once(env):
     worker = Process(
         ["project", "projections:ProductViewProjection"],
-        {**env, "APP_NATS_URL": f"nats://127.0.0.1:{dead_port()}"},
+        {**env, "APP_NATS_URL": f"nats://127.0.0.1:{free_port()}"},
     )
     worker.wait_for_line("NATS")
     stopped_in_time(worker, signal.SIGTERM)

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from eventplatform.cli.main import main
+from eventplatform.testing.embedded import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -38,7 +31,7 @@ def test_a_missing_event_stream_is_unhealthy_when_asked_for(capsys):
 
 @pytest.mark.usefixtures("env")
 def test_an_unreachable_nats_is_unhealthy_and_its_password_not_shown(monkeypatch, capsys):
-    monkeypatch.setenv("APP_NATS_URL", f"nats://bob:HealthPW9@127.0.0.1:{dead_port()}")
+    monkeypatch.setenv("APP_NATS_URL", f"nats://bob:HealthPW9@127.0.0.1:{free_port()}")
     assert main(["health", "--timeout", "1"]) == 1
     out = capsys.readouterr().out
     assert "postgresql  ok" in out
@@ -48,7 +41,7 @@ def test_an_unreachable_nats_is_unhealthy_and_its_password_not_shown(monkeypatch
 
 @pytest.mark.usefixtures("env")
 def test_an_unreachable_postgresql_is_unhealthy(monkeypatch, capsys):
-    monkeypatch.setenv("APP_DSN", f"postgresql://u:HealthPW8@127.0.0.1:{dead_port()}/db")
+    monkeypatch.setenv("APP_DSN", f"postgresql://u:HealthPW8@127.0.0.1:{free_port()}/db")
     assert main(["health", "--no-nats", "--timeout", "1"]) == 1
     out = capsys.readouterr().out
     assert "postgresql  FAIL PostgreSQL unavailable" in out
