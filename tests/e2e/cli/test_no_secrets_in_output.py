@@ -82,6 +82,7 @@ def test_no_process_shows_a_password_in_any_output(env, nats_with_password):
         done.append(run(["rebuild", "projections:ProductViewProjection", "--verify-only"], env))
         done.append(run(["prune", "--older-than", "1d", "--dry-run"], env))
         done.append(run(["health", "--stream"], env))
+        done.append(run(["audit"], env))
         nats_with_password.restart()  # nats-py logs the reconnect (it once logged the URL)
         relay.wait_for_line("NATS reconnected to")
     finally:
