@@ -17,6 +17,8 @@ from typing import Literal, TextIO
 import orjson
 from opentelemetry import trace
 
+from eventplatform.redaction import RedactingFormatter, redact
+
 LogFormat = Literal["text", "json"]
 #: Record attributes copied into a JSON line when a call passes them with ``extra=``.
 LABELS = ("component", "log", "projection", "handler", "partition")
@@ -53,7 +55,7 @@ class JsonFormatter(logging.Formatter):
             line["span_id"] = f"{context.span_id:016x}"
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+        return redact(orjson.dumps(line, default=str).decode())
 
 
 def configure_logging(
@@ -63,12 +65,15 @@ def configure_logging(
     labels: Mapping[str, str] | None = None,
     stream: TextIO | None = None,
 ) -> logging.Handler:
-    """Sends the root logger's records to ``stream`` (default stderr), as text or JSON.
+    """Sends the root logger's records to ``stream`` (default stderr), as text or JSON, with
+    credentials masked (:mod:`eventplatform.redaction`) either way.
 
     Replaces handlers an earlier call installed; returns the new handler.
     """
     handler = logging.StreamHandler(stream or sys.stderr)
-    formatter = JsonFormatter(labels) if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter: logging.Formatter = (
+        JsonFormatter(labels) if log_format == "json" else RedactingFormatter(TEXT_FORMAT)
+    )
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_eventplatform", False)]:
@@ -76,4 +81,5 @@ def configure_logging(
     handler._eventplatform = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    logging.captureWarnings(True)  # library warnings pass the same formatting and redaction
     return handler
