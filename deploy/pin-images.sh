@@ -4,7 +4,7 @@
 #   deploy/pin-images.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for ref in python:3.11-slim postgres:16.4 nats:2.10-alpine; do
+for ref in python:3.11-slim postgres:16.4 nats:2.10-alpine prom/prometheus:v2.53.0; do
   digest=$(docker buildx imagetools inspect "$ref" --format '{{json .Manifest}}' |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["digest"])')
   echo "$ref@$digest"
