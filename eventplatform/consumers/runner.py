@@ -33,6 +33,7 @@ from eventplatform.consumers.dead_letters import dead_letter_stream
 from eventplatform.consumers.faults import is_fault
 from eventplatform.consumers.handler_consumer import ConsumerConfig, HandlerBatch, HandlerConsumer
 from eventplatform.consumers.handlers import IdempotentEventHandler
+from eventplatform.consumers.ownership import PartitionOwnership
 from eventplatform.consumers.projection import Projection
 from eventplatform.consumers.retry import policy_from_settings
 from eventplatform.consumers.worker import (
@@ -52,6 +53,7 @@ from eventplatform.leases.leadership import (
     projection_lease,
 )
 from eventplatform.messagebus.nats_broker import NatsBroker
+from eventplatform.partitions import partition_filter, partition_label
 from eventplatform.settings import Settings
 from eventplatform.store.postgres import connect_async
 
@@ -113,7 +115,11 @@ async def run_projection(
     dsn = settings.require_dsn()
     broker = NatsBroker.from_settings(settings, name=f"projection-{projection.name}")
     pool: ConnectionPool[Any] = ConnectionPool(
-        dsn, min_size=1, max_size=2, open=False, kwargs={"autocommit": False}
+        dsn,
+        min_size=1,
+        max_size=2 if settings.partitions == 1 else max(2, settings.pool_size),
+        open=False,
+        kwargs={"autocommit": False},
     )
     lease = lease or LeaseConfig(ttl=settings.projection_lease_ttl)
     holder = holder or new_holder_id()
@@ -152,55 +158,92 @@ async def _lead_projection(
     holder: str,
     outage: Outage,
 ) -> None:
-    """Stands by for the lease, then runs the worker while it holds it."""
-    name = projection_lease(projection.name)
+    """Stands by for the lease (or for partitions), then runs the worker(s) while held."""
     dsn = settings.require_dsn()
     async with await connect_async(dsn, "opening the lease connection") as lease_conn:
-        leadership = Leadership(
-            PostgresLeases(lease_conn), name, holder=holder, config=lease_config
-        )
+        leases = PostgresLeases(lease_conn)
+
+        async def serve(
+            partition: int | None, leadership: Leadership, until: asyncio.Event
+        ) -> None:
+            await _serve_projection(
+                settings, projection, broker, pool, until, on_batch, leadership, outage, partition
+            )
+
+        if settings.partitions > 1:
+            n = settings.partitions
+            await PartitionOwnership(
+                leases=leases,
+                consumer=f"projection:{projection.name}",
+                partitions=n,
+                lease_name=lambda k: projection_lease(partition_label(projection.name, k, n)),
+                holder=holder,
+                config=lease_config,
+                serve=serve,
+            ).run(stop)
+            return
+        name = projection_lease(projection.name)
+        leadership = Leadership(leases, name, holder=holder, config=lease_config)
         lease = await leadership.acquire(stop)
         if lease is None:
             return
-        outage.over()
         logger.info(
             "projection %s: %s leads (lease token %d)", projection.name, holder, lease.token
         )
         keeper = asyncio.create_task(leadership.keep())
         try:
-            worker = ProjectionWorker(
-                projection=projection,
-                broker=broker,
-                pool=pool,
-                config=WorkerConfig(
-                    stream=settings.stream,
-                    filter_subject=f"{settings.subject_prefix}.>",
-                    batch_size=settings.projection_batch_size,
-                    fetch_timeout=settings.projection_fetch_timeout,
-                    ack_wait=settings.ack_wait,
-                    policy=policy_from_settings(settings),
-                    subject_prefix=settings.subject_prefix,
-                    verification=settings.event_verification,
-                    idle_timeout=max(2.0, lease_config.ttl),
-                    durable=term_consumer_name(projection, lease.token),
-                ),
-                fence=LeaseFence(name, lease.token),
-                alive=leadership.check,
-            )
-            await worker.start()
-            try:
-                while not stop.is_set():
-                    result = await worker.process_once()
-                    outage.over()
-                    if on_batch is not None and result.received:
-                        on_batch(result)
-            finally:
-                await worker.close()
+            await serve(None, leadership, stop)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             await leadership.release()
+
+
+async def _serve_projection(
+    settings: Settings,
+    projection: Projection,
+    broker: NatsBroker,
+    pool: ConnectionPool[Any],
+    stop: asyncio.Event,
+    on_batch: Callable[[BatchResult], None] | None,
+    leadership: Leadership,
+    outage: Outage,
+    partition: int | None,
+) -> None:
+    """Runs the worker of one projection (or of one of its partitions) while the lease holds."""
+    outage.over()
+    lease = leadership.lease
+    worker = ProjectionWorker(
+        projection=projection,
+        broker=broker,
+        pool=pool,
+        config=WorkerConfig(
+            stream=settings.stream,
+            filter_subject=partition_filter(settings.subject_prefix, partition),
+            batch_size=settings.projection_batch_size,
+            fetch_timeout=settings.projection_fetch_timeout,
+            ack_wait=settings.ack_wait,
+            policy=policy_from_settings(settings),
+            subject_prefix=settings.subject_prefix,
+            verification=settings.event_verification,
+            idle_timeout=max(2.0, leadership.config.ttl),
+            durable=term_consumer_name(projection, lease.token, partition),
+            partition=partition,
+            partitions=settings.partitions,
+        ),
+        fence=LeaseFence(lease.name, lease.token),
+        alive=leadership.check,
+    )
+    await worker.start()
+    try:
+        while not stop.is_set():
+            result = await worker.process_once()
+            outage.over()
+            if on_batch is not None and result.received:
+                on_batch(result)
+    finally:
+        await worker.close()
 
 
 async def ensure_consumer_streams(broker: NatsBroker, settings: Settings) -> None:
