@@ -52,7 +52,7 @@ from eventplatform.leases.leadership import (
     new_holder_id,
     projection_lease,
 )
-from eventplatform.messagebus.nats_broker import NatsBroker
+from eventplatform.messagebus.nats_broker import NatsBroker, consumer_name
 from eventplatform.partitions import partition_filter, partition_label
 from eventplatform.settings import Settings
 from eventplatform.store.postgres import connect_async
@@ -283,23 +283,29 @@ async def run_handler(
     stop: asyncio.Event,
     *,
     on_batch: Callable[[HandlerBatch], Awaitable[None] | None] | None = None,
+    lease: LeaseConfig | None = None,
+    holder: str | None = None,
 ) -> None:
     """Runs a handler consumer until ``stop`` is set; no infrastructure fault ends it.
 
-    Several may run for one handler: they share its durable consumer, and the marker row per
-    event id keeps each effect exactly-once whichever of them processes an event.
+    Unpartitioned, several may run for one handler: they share its durable consumer, and the
+    marker row per event id keeps each effect exactly-once whichever of them processes an
+    event. With ``APP_PARTITIONS`` > 1 they share the partitions as projection workers do
+    (one worker per partition at a time, fenced), which keeps each aggregate's events in order.
+    Either way ``APP_CONSUMER_CONCURRENCY`` aggregates are handled at once in a worker.
     """
+    dsn = settings.require_dsn()
     broker = NatsBroker.from_settings(settings, name=f"handler-{handler.name}")
     pool: ConnectionPool[Any] = ConnectionPool(
-        settings.require_dsn(), min_size=1, max_size=2, open=False, kwargs={"autocommit": False}
+        dsn,
+        min_size=1,
+        max_size=settings.consumer_concurrency + 1,
+        open=False,
+        kwargs={"autocommit": False},
     )
+    lease = lease or LeaseConfig(ttl=settings.projection_lease_ttl)
+    holder = holder or new_holder_id()
     outage = Outage(f"handler {handler.name}")
-    consumer = HandlerConsumer(
-        handler=handler,
-        broker=broker,
-        pool=pool,
-        config=ConsumerConfig.from_settings(settings),
-    )
     try:
         pool.open(wait=False)
         while not stop.is_set():
@@ -308,20 +314,84 @@ async def run_handler(
                     stop, what=f"handler {handler.name}", log=logger
                 ):
                     break
-                if not consumer.started:
-                    await ensure_consumer_streams(broker, settings)
-                    await consumer.start()
-                batch = await consumer.process_once()
-                outage.over()
+                await ensure_consumer_streams(broker, settings)
+                if settings.partitions == 1:
+                    consumer = HandlerConsumer(
+                        handler=handler,
+                        broker=broker,
+                        pool=pool,
+                        config=ConsumerConfig.from_settings(settings),
+                    )
+                    await _serve_handler(consumer, stop, on_batch, outage)
+                else:
+                    await _share_handler(
+                        settings, handler, broker, pool, stop, on_batch, lease, holder, outage
+                    )
+            except LeaseLost as e:
+                logger.warning("handler %s steps down: %s", handler.name, e)
             except Exception as e:
                 if not is_fault(e):
                     raise
                 await outage.wait(stop, e)
-                continue
-            if on_batch is not None and batch.received:
-                result = on_batch(batch)
-                if result is not None:
-                    await result
     finally:
         pool.close()
         await broker.close()
+
+
+async def _serve_handler(
+    consumer: HandlerConsumer,
+    stop: asyncio.Event,
+    on_batch: Callable[[HandlerBatch], Awaitable[None] | None] | None,
+    outage: Outage,
+) -> None:
+    await consumer.start()
+    while not stop.is_set():
+        batch = await consumer.process_once()
+        outage.over()
+        if on_batch is not None and batch.received:
+            result = on_batch(batch)
+            if result is not None:
+                await result
+
+
+async def _share_handler(
+    settings: Settings,
+    handler: IdempotentEventHandler,
+    broker: NatsBroker,
+    pool: ConnectionPool[Any],
+    stop: asyncio.Event,
+    on_batch: Callable[[HandlerBatch], Awaitable[None] | None] | None,
+    lease_config: LeaseConfig,
+    holder: str,
+    outage: Outage,
+) -> None:
+    """Serves this worker's share of the handler's partitions."""
+    n = settings.partitions
+    async with await connect_async(settings.require_dsn(), "opening the lease connection") as c:
+
+        async def serve(k: int, leadership: Leadership, until: asyncio.Event) -> None:
+            lease = leadership.lease
+            consumer = HandlerConsumer(
+                handler=handler,
+                broker=broker,
+                pool=pool,
+                config=ConsumerConfig.from_settings(
+                    settings,
+                    filter_subject=partition_filter(settings.subject_prefix, k),
+                    durable=f"{consumer_name(handler.name)}-p{k}",
+                ),
+                fence=LeaseFence(lease.name, lease.token),
+                term=lease.token,
+                alive=leadership.check,
+            )
+            await _serve_handler(consumer, until, on_batch, outage)
+
+        await PartitionOwnership(
+            leases=PostgresLeases(c),
+            consumer=f"handler:{handler.name}",
+            partitions=n,
+            lease_name=lambda k: f"handler:{partition_label(handler.name, k, n)}",
+            holder=holder,
+            config=lease_config,
+            serve=serve,
+        ).run(stop)
