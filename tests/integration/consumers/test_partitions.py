@@ -182,3 +182,68 @@ async def test_a_projection_refuses_to_run_in_another_number_of_partitions_once_
     other = settings.model_copy(update={"partitions": 8})
     with pytest.raises(ConfigurationError, match="keeps its positions in 4 partition"):
         await asyncio.wait_for(run_projection(other, AuditedProjection(), asyncio.Event()), 20)
+
+
+async def test_a_partitioned_projection_rebuilds_equal_under_load_and_the_workers_go_on(settings):
+    from eventplatform.rebuild import RebuildOptions, rebuild
+    from projections import ProductViewProjection
+    from tests.support.projections import ShoutingProductView
+
+    create_schema(settings.dsn, projections=[ProductViewProjection()])
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(run_relay(settings, stop)),
+        *(
+            asyncio.create_task(run_projection(settings, ProductViewProjection(), stop, holder=h))
+            for h in ("a", "b")
+        ),
+    ]
+    writing = threading.Event()
+
+    def load() -> int:
+        last = 0
+        while not writing.is_set():
+            last = write(settings, 2, changes=2)
+        return last
+
+    writer = asyncio.create_task(asyncio.to_thread(load))
+    try:
+        last = await asyncio.to_thread(write, settings, 10)
+        await asyncio.to_thread(
+            wait_for, settings.dsn, projection="product_view", log="products", position=last
+        )
+        options = RebuildOptions(log="products", batch_size=7, handover_gap=0)
+        report = await asyncio.to_thread(rebuild, settings.dsn, ProductViewProjection(), options)
+        assert report.comparison is not None
+        assert report.comparison.equal, report.lines()
+        assert report.swapped
+        differing = await asyncio.to_thread(
+            rebuild,
+            settings.dsn,
+            ShoutingProductView(),
+            RebuildOptions(log="products", verify_only=True, restart=True),
+        )
+        assert differing.comparison is not None
+        assert not differing.comparison.equal
+        writing.set()
+        last = await writer
+        await asyncio.to_thread(
+            wait_for,
+            settings.dsn,
+            projection="product_view",
+            log="products",
+            position=last,
+            timeout=30,
+        )
+        again = await asyncio.to_thread(
+            rebuild,
+            settings.dsn,
+            ProductViewProjection(),
+            RebuildOptions(log="products", verify_only=True, restart=True),
+        )
+        assert again.comparison is not None
+        assert again.comparison.equal, again.lines()
+    finally:
+        writing.set()
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
