@@ -22,6 +22,7 @@ from eventplatform.consumers.projection import Projection
 from eventplatform.consumers.tracking import PostgresTracking
 from eventplatform.consumers.versions import PostgresProjectionVersions
 from eventplatform.errors import ConfigurationError
+from eventplatform.partitions import partition_label, partition_of
 from eventplatform.rebuild.replay import PostgresLogReader, StoredEventDecoder, apply_rows
 from eventplatform.rebuild.report import RebuildError, RebuildOptions, RebuildReport
 from eventplatform.rebuild.verify import Comparison
@@ -69,7 +70,12 @@ def rebuild_aggregate(
             )
             # Against writers only: the worker waits, readers see before or after.
             cur.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(live))
-            position = PostgresTracking().get(cur, projection.name, reader.log).position
+            # A partitioned projection: the position of the aggregate's own partition.
+            n = PostgresProjectionVersions().partitions(cur, projection.name)
+            key = projection.name
+            if n > 1:
+                key = partition_label(key, partition_of(aggregate, n), n)
+            position = PostgresTracking().get(cur, key, reader.log).position
             cur.execute(select_rows, (aggregate,))
             before = [str(r[0]) for r in cur.fetchall()]
             target_projection.delete_aggregate(cur, aggregate)

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -62,6 +63,7 @@ from psycopg import sql
 from eventplatform.consumers.projection import Projection
 from eventplatform.consumers.tracking import PostgresTracking
 from eventplatform.consumers.versions import PostgresProjectionVersions
+from eventplatform.partitions import partition_label
 from eventplatform.rebuild.aggregate import rebuild_aggregate
 from eventplatform.rebuild.progress import NoProgress, Progress
 from eventplatform.rebuild.replay import (
@@ -163,6 +165,21 @@ def _require_table(conn: psycopg.Connection[Any], table: str) -> None:
         raise RebuildError(msg)
 
 
+@dataclass(frozen=True, slots=True)
+class _Lane:
+    """One position the shadow catches up to: the projection's, or one partition's.
+
+    Attributes:
+        live: the live tracking key (``name``, or ``name#k/n``).
+        shadow: the shadow's tracking key.
+        reader: reads the events of this lane (its partition's only, when partitioned).
+    """
+
+    live: str
+    shadow: str
+    reader: PostgresLogReader
+
+
 class _Rebuild:
     def __init__(
         self,
@@ -188,79 +205,108 @@ class _Rebuild:
         self.report = RebuildReport(
             projection.name, self.live, self.shadow.table, version=projection.version
         )
+        self.lanes = self._lanes()
+
+    def _lanes(self) -> list[_Lane]:
+        """One lane, or one per partition: a partitioned projection has a position per
+        partition, and the shadow must stand exactly where each partition stands."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            n = PostgresProjectionVersions().partitions(cur, self.projection.name)
+        if n == 1:
+            return [_Lane(self.projection.name, self.key, self.reader)]
+        return [
+            _Lane(
+                partition_label(self.projection.name, k, n),
+                partition_label(self.key, k, n),
+                PostgresLogReader(self.reader.log, self.options.topics, partition=(k, n)),
+            )
+            for k in range(n)
+        ]
 
     def run(self) -> RebuildReport:
-        start = self._prepare_shadow()
-        position = start
+        positions = self._prepare_shadow()
+        start = sum(positions.values())
         for _ in range(self.options.max_rounds):
-            target = self._live_position()
-            if position > target:
-                msg = (
-                    f"the shadow {self.shadow.table!r} is at {position}, ahead of the live "
-                    f"projection at {target} (was live reset?): rerun with --restart"
-                )
-                raise RebuildError(msg)
-            while position < target:
-                if self.stop is not None and self.stop.is_set():
+            targets = self._live_positions()
+            for lane in self.lanes:
+                if positions[lane.shadow] > targets[lane.live]:
                     msg = (
-                        f"rebuild of {self.projection.name!r} stopped at {position}; "
-                        "the live read model is untouched, run it again to resume"
+                        f"the shadow {self.shadow.table!r} is at {positions[lane.shadow]}, ahead"
+                        f" of the live projection at {targets[lane.live]} (was live reset?):"
+                        " rerun with --restart"
                     )
-                    raise RebuildInterrupted(msg)
-                position, applied = replay_batch(
-                    self.conn,
-                    self.reader,
-                    self.shadow,
-                    self.decoder,
-                    tracking_key=self.key,
-                    after=position,
-                    upto=target,
-                    limit=self.options.batch_size,
-                )
-                self.report.events += applied
-                self.progress.update(
-                    phase="replay",
-                    position=position,
-                    start=start,
-                    target=target,
-                    events=self.report.events,
-                )
-            if self._live_position() - position <= self.options.handover_gap:
+                    raise RebuildError(msg)
+            for lane in self.lanes:
+                target = targets[lane.live]
+                while positions[lane.shadow] < target:
+                    if self.stop is not None and self.stop.is_set():
+                        msg = (
+                            f"rebuild of {self.projection.name!r} stopped at"
+                            f" {positions[lane.shadow]}; the live read model is untouched,"
+                            " run it again to resume"
+                        )
+                        raise RebuildInterrupted(msg)
+                    positions[lane.shadow], applied = replay_batch(
+                        self.conn,
+                        lane.reader,
+                        self.shadow,
+                        self.decoder,
+                        tracking_key=lane.shadow,
+                        after=positions[lane.shadow],
+                        upto=target,
+                        limit=self.options.batch_size,
+                    )
+                    self.report.events += applied
+                    self.progress.update(
+                        phase="replay",
+                        position=sum(positions.values()),
+                        start=start,
+                        target=sum(targets.values()),
+                        events=self.report.events,
+                    )
+            latest = self._live_positions()
+            behind = sum(latest[lane.live] - positions[lane.shadow] for lane in self.lanes)
+            if behind <= self.options.handover_gap:
                 break
-        self._handover(position)
+        self._handover(positions)
         return self.report
 
-    def _prepare_shadow(self) -> int:
+    def _prepare_shadow(self) -> dict[str, int]:
         log = self.reader.log
         fresh = self.options.restart or self.options.from_position is not None
+        keys = [lane.shadow for lane in self.lanes]
         with self.conn.transaction(), self.conn.cursor() as cur:
             if fresh:
                 cur.execute(
                     sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(self.shadow.table))
                 )
                 cur.execute(
-                    sql.SQL("DELETE FROM {} WHERE projection = %s").format(
+                    sql.SQL("DELETE FROM {} WHERE projection = ANY(%s)").format(
                         sql.Identifier(TRACKING)
                     ),
-                    (self.key,),
+                    (keys,),
                 )
             self.shadow.create_tables(cur)
             start = self.options.from_position or 0
             if fresh and start:
-                self.tracking.record(cur, self.key, log, start)
-            position = self.tracking.get(cur, self.key, log).position
-        if position:
+                for key in keys:
+                    self.tracking.record(cur, key, log, start)
+            positions = {key: self.tracking.get(cur, key, log).position for key in keys}
+        if any(positions.values()):
             self.report.notes.append(
-                f"resumed the shadow at position {position}"
+                f"resumed the shadow at position {max(positions.values())}"
                 " (use --restart if the projection's code changed since it was built)"
             )
-        return position
+        return positions
 
-    def _live_position(self) -> int:
+    def _live_positions(self) -> dict[str, int]:
         with self.conn.transaction(), self.conn.cursor() as cur:
-            return self.tracking.get(cur, self.projection.name, self.reader.log).position
+            return {
+                lane.live: self.tracking.get(cur, lane.live, self.reader.log).position
+                for lane in self.lanes
+            }
 
-    def _handover(self, position: int) -> None:
+    def _handover(self, positions: dict[str, int]) -> None:
         """Catches up under lock, compares and, if it checks out, swaps; one transaction."""
         versions = PostgresProjectionVersions()
         live = sql.Identifier(self.live)
@@ -273,28 +319,33 @@ class _Rebuild:
                         sql.Literal(f"{int(self.options.lock_timeout * 1000)}ms")
                     )
                 )
-                # Readers go on; the live worker's next write waits for this transaction.
+                # Readers go on; the live workers' next writes wait for this transaction.
                 cur.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(live))
                 cur.execute(
                     sql.SQL(
-                        "SELECT position FROM {} WHERE projection = %s AND log = %s FOR UPDATE"
+                        "SELECT projection, position FROM {} WHERE log = %s"
+                        " AND projection = ANY(%s) ORDER BY projection FOR UPDATE"
                     ).format(sql.Identifier(TRACKING)),
-                    (self.projection.name, log),
+                    (log, [lane.live for lane in self.lanes]),
                 )
-                row = cur.fetchone()
-                target = int(row[0]) if row else 0
-                if position > target:
-                    msg = f"the shadow is at {position}, ahead of live at {target}: --restart"
-                    raise RebuildError(msg)
-                while position < target:
-                    rows = self.reader.read(cur, position, target, self.options.batch_size)
-                    apply_rows(self.conn, cur, self.shadow, self.decoder, rows)
-                    self.report.events += len(rows)
-                    position = (
-                        rows[-1].notification_id if len(rows) == self.options.batch_size else target
+                targets = {str(k): int(v) for k, v in cur.fetchall()}
+                for lane in self.lanes:
+                    position, target = positions[lane.shadow], targets.get(lane.live, 0)
+                    if position > target:
+                        msg = f"the shadow is at {position}, ahead of live at {target}: --restart"
+                        raise RebuildError(msg)
+                    while position < target:
+                        limit = self.options.batch_size
+                        rows = lane.reader.read(cur, position, target, limit)
+                        apply_rows(self.conn, cur, self.shadow, self.decoder, rows)
+                        self.report.events += len(rows)
+                        position = rows[-1].notification_id if len(rows) == limit else target
+                    self.tracking.record(cur, lane.shadow, log, position)
+                self.report.position = max(targets.values(), default=0)
+                if len(self.lanes) > 1:
+                    self.report.notes.append(
+                        f"compared at each partition's position ({len(self.lanes)} partitions)"
                     )
-                self.tracking.record(cur, self.key, log, position)
-                self.report.position = position
                 comparison = compare_tables(
                     cur, self.projection, self.live, shadow, limit=self.options.differences
                 )
@@ -331,8 +382,8 @@ class _Rebuild:
         _rename(cur, self.live, old)
         _rename(cur, self.shadow.table, self.live)
         cur.execute(
-            sql.SQL("DELETE FROM {} WHERE projection = %s").format(sql.Identifier(TRACKING)),
-            (self.key,),
+            sql.SQL("DELETE FROM {} WHERE projection = ANY(%s)").format(sql.Identifier(TRACKING)),
+            ([lane.shadow for lane in self.lanes],),
         )
 
 

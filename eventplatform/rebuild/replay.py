@@ -30,6 +30,7 @@ from eventplatform.consumers.projection import Projection
 from eventplatform.consumers.tracking import PostgresTracking
 from eventplatform.errors import DecodeError, ProjectionError
 from eventplatform.messagebus.cloudevents import CloudEvent, event_id
+from eventplatform.partitions import partition_sql
 from eventplatform.store.postgres import connect, translate
 from eventplatform.store.schema import events_table
 
@@ -107,18 +108,33 @@ class PostgresLogReader:
         log: the log (application) name.
         topics: when given, only rows of these topics are read (the rest are skipped
             server-side; positions still advance past them).
+        partition: ``(k, n)``: only rows of partition k of n are read (the events a
+            partitioned projection's partition k applies).
     """
 
-    def __init__(self, log: str, topics: Collection[str] | None = None) -> None:
+    def __init__(
+        self,
+        log: str,
+        topics: Collection[str] | None = None,
+        *,
+        partition: tuple[int, int] | None = None,
+    ) -> None:
         self.log = log
+        self.partition = partition
         self._topics = list(topics) if topics is not None else None
         table = sql.Identifier(events_table(log))
         columns = sql.SQL(
             "SELECT notification_id, originator_id, originator_version, topic, state FROM {}"
         ).format(table)
-        topic_filter = (
+        topic_filter: sql.Composable = (
             sql.SQL(" AND topic = ANY(%(topics)s)") if topics is not None else sql.SQL("")
         )
+        if partition is not None:
+            topic_filter = sql.SQL("{} AND {} = {}").format(
+                topic_filter,
+                partition_sql("originator_id", partition[1]),
+                sql.Literal(partition[0]),
+            )
         self._range = sql.SQL(
             "{} WHERE notification_id > %(after)s AND notification_id <= %(upto)s{}"
             " ORDER BY notification_id LIMIT %(limit)s"
