@@ -7,10 +7,15 @@ for data nobody wrote. So before a message moves a position or reaches user code
 are checked against the stored event at that position, in the consumer's own transaction:
 
 * the log has a table here, and an event at ``sequence``;
-* that event is the one the message says: aggregate id, version, topic, CloudEvents ``id``
-  and ``time``;
-* the message's ``data`` is the stored state (the relay splices the stored bytes verbatim,
+* that event is the one the message says: aggregate id, version, topic, CloudEvents ``id``,
+  ``time`` and schema version;
+* the message's ``data`` is the stored event's (the relay splices the stored bytes verbatim,
   so a byte comparison almost always settles it; otherwise the parsed JSON is compared).
+
+What "the stored event's" time, schema version and data are is read from the stored state by
+:func:`~eventplatform.messagebus.cloudevents.wire_state`, the very function the relay's
+``encode`` uses, and gaps are filled with ``encode`` itself: an event stored in an older form
+(tagged values) is converted the same way on both sides, so it verifies as genuine.
 
 A message that fails is *forged* (or foreign): it is dead-lettered with the reason, never
 parks an aggregate and never moves a position.
@@ -32,8 +37,8 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from eventplatform.errors import ConfigurationError
-from eventplatform.messagebus.cloudevents import CloudEvent, encode, event_id, time_of
+from eventplatform.errors import ConfigurationError, DecodeError
+from eventplatform.messagebus.cloudevents import CloudEvent, encode, event_id, wire_state
 from eventplatform.store.schema import events_table
 
 #: ``store``: check every message against the event store (default); ``broker``: trust what
@@ -181,18 +186,21 @@ def _compare(envelope: CloudEvent, stored: _Stored | None) -> str | None:
         )
     if envelope.id != event_id(stored.aggregate, stored.version):
         return f"forged: the CloudEvents id of {where} is not {envelope.id}"
-    if not _same_data(envelope, stored.state):
+    try:
+        wire = wire_state(stored.state)
+    except DecodeError as e:
+        return f"unverifiable: the stored state of {where} cannot be published: {e}"
+    if envelope.schema_version != wire.class_version:
+        return f"forged: the dataschema of {where} is not the stored event's"
+    if not _same_data(envelope, wire.data):
         return f"forged: the data of {where} differs from the stored event"
-    if envelope.time != time_of(stored.state):
+    if envelope.time != wire.time:
         return f"forged: the time of {where} is not the stored event's"
     return None
 
 
-def _same_data(envelope: CloudEvent, state: bytes) -> bool:
-    # The relay writes '..., "data": <stored state>}' with the state spliced in verbatim.
-    if envelope.raw and envelope.raw.endswith(b'"data":' + state + b"}"):
+def _same_data(envelope: CloudEvent, data: bytes) -> bool:
+    # The relay writes '..., "data": <stored data>}' with the bytes spliced in verbatim.
+    if envelope.raw and envelope.raw.endswith(b'"data":' + data + b"}"):
         return True
-    try:
-        return bool(orjson.loads(state) == envelope.data)
-    except orjson.JSONDecodeError:
-        return False
+    return bool(orjson.loads(data) == envelope.data)
