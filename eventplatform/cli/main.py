@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eventplatform.cli.rebuild import add_rebuild_parser
 
     add_rebuild_parser(sub)  # rebuild PROJECTION [--verify-only] [--aggregate ID] [--from POS]
+    from eventplatform.cli.schemas import add_schemas_parser
+
+    add_schemas_parser(sub)  # schemas TARGET... --out DIR | --check DIR
     return parser
 
 
