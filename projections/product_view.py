@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -91,6 +92,77 @@ class ProductViewProjection(Projection):
             ),
             (value, event.originator_version, event.timestamp, event.originator_id),
         )
+
+    def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[Any]) -> None:
+        """Applies a batch set-based: two statements whatever its size.
+
+        Each product's events are folded in order into the row they produce, then one
+        ``INSERT`` adds the products created in the batch and one ``UPDATE ... FROM unnest``
+        changes the others. The result is the same as :meth:`apply` for each event in turn.
+        """
+        rows: dict[Any, dict[str, Any]] = {}
+        for event in events:
+            if not isinstance(event, _PRODUCT_EVENTS):
+                continue
+            row = rows.setdefault(event.originator_id, {"created": False})
+            if isinstance(event, Product.Created):
+                row.update(
+                    created=True,
+                    name=event.name,
+                    sku=event.sku,
+                    price=event.price,
+                    discontinued=False,
+                )
+            elif isinstance(event, Product.Renamed):
+                row["name"] = event.name
+            elif isinstance(event, Product.PriceChanged):
+                row["price"] = event.price
+            elif isinstance(event, Product.Discontinued):
+                row["discontinued"] = True
+            row["version"], row["updated_at"] = event.originator_version, event.timestamp
+        created = [(k, r) for k, r in rows.items() if r["created"]]
+        changed = [(k, r) for k, r in rows.items() if not r["created"]]
+        if created:
+            cur.execute(self._insert_many(), _columns(created, _INSERTED))
+        if changed:
+            cur.execute(self._update_many(), _columns(changed, _UPDATED))
+
+    def _insert_many(self) -> sql.Composed:
+        # Composed once per table (a rebuild's copy of this projection writes another table).
+        key = ("insert", self.table)
+        if key not in _STATEMENTS:
+            _STATEMENTS[key] = sql.SQL(
+                "INSERT INTO {} (id, name, sku, price, discontinued, version, updated_at)"
+                " SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::numeric[],"
+                " %s::boolean[], %s::bigint[], %s::timestamptz[]) ON CONFLICT (id) DO NOTHING"
+            ).format(sql.Identifier(self.table))
+        return _STATEMENTS[key]
+
+    def _update_many(self) -> sql.Composed:
+        key = ("update", self.table)
+        if key not in _STATEMENTS:
+            # NULL in a column means "not changed by this batch": keep the stored value.
+            _STATEMENTS[key] = sql.SQL(
+                "UPDATE {t} AS t SET name = coalesce(v.name, t.name),"
+                " price = coalesce(v.price, t.price),"
+                " discontinued = coalesce(v.discontinued, t.discontinued),"
+                " version = v.version, updated_at = v.updated_at"
+                " FROM unnest(%s::uuid[], %s::text[], %s::numeric[], %s::boolean[],"
+                " %s::bigint[], %s::timestamptz[])"
+                " AS v(id, name, price, discontinued, version, updated_at) WHERE t.id = v.id"
+            ).format(t=sql.Identifier(self.table))
+        return _STATEMENTS[key]
+
+
+_STATEMENTS: dict[tuple[str, str], sql.Composed] = {}
+_PRODUCT_EVENTS = (Product.Created, Product.Renamed, Product.PriceChanged, Product.Discontinued)
+_INSERTED = ("name", "sku", "price", "discontinued", "version", "updated_at")
+_UPDATED = ("name", "price", "discontinued", "version", "updated_at")
+
+
+def _columns(rows: list[tuple[Any, dict[str, Any]]], names: tuple[str, ...]) -> list[list[Any]]:
+    """Column arrays for ``unnest``: ids first, then each name (None where unchanged)."""
+    return [[key for key, _ in rows], *([row.get(name) for _, row in rows] for name in names)]
 
 
 class ProductViews:

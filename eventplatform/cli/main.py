@@ -132,11 +132,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(status.as_dict(), indent=2))
         return 0
-    print(f"{'log':<20} {'head':>10} {'relay':>10} {'lag':>8} {'unrouted':>8}  updated")
+    print(
+        f"{'log':<20} {'head':>10} {'relay':>10} {'lag':>8} {'unrouted':>8} {'oversized':>9}"
+        "  updated"
+    )
     for log in status.logs:
         print(
             f"{log.log:<20} {log.head:>10} {log.relay_position:>10} {log.relay_lag:>8}"
-            f" {log.unrouted:>8}  {log.relay_updated_at or '-'}"
+            f" {log.unrouted:>8} {log.oversized:>9}  {log.relay_updated_at or '-'}"
         )
         print(f"  leader: {log.leader or '-'} since {log.leader_since or '-'}")
     print(f"\n{'projection':<20} {'log':<12} {'position':>10} {'lag':>8} {'version':>7}  updated")
@@ -214,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eventplatform.cli.rebuild import add_rebuild_parser
 
     add_rebuild_parser(sub)  # rebuild PROJECTION [--verify-only] [--aggregate ID] [--from POS]
+    from eventplatform.cli.audit import add_audit_parser
+
+    add_audit_parser(sub)  # audit [--log L] [--json] [--repair] [--delete-extra]
     from eventplatform.cli.schemas import add_schemas_parser
 
     add_schemas_parser(sub)  # schemas TARGET... --out DIR | --check DIR

@@ -14,6 +14,7 @@ from eventplatform.leases.leadership import projection_lease, relay_lease
 from eventplatform.store.postgres import connect, translate
 from eventplatform.store.schema import (
     LEASES,
+    OVERSIZED_EVENTS,
     PROJECTION_VERSIONS,
     RELAY_POSITIONS,
     TRACKING,
@@ -33,6 +34,7 @@ class LogStatus:
         lease_expires_at: when its lease runs out unless renewed.
         lease_token: the current fencing token (grows with every takeover).
         unrouted: events whose topic mapped to no subject (recorded, not published).
+        oversized: events larger than the broker's max payload (recorded, not published).
     """
 
     log: str
@@ -45,6 +47,7 @@ class LogStatus:
     lease_expires_at: str | None = None
     lease_token: int | None = None
     unrouted: int = 0
+    oversized: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +112,8 @@ def read_status(dsn: str, logs: list[str] | None = None) -> PlatformStatus:
                         leader_since=since,
                         lease_expires_at=expires,
                         lease_token=token,
-                        unrouted=_unrouted(cur, log),
+                        unrouted=_count(cur, UNROUTED_EVENTS, log),
+                        oversized=_count(cur, OVERSIZED_EVENTS, log),
                     )
                 )
             cur.execute(
@@ -180,9 +184,10 @@ def _holder(
     return holder, since.isoformat(), expires.isoformat(), int(token)
 
 
-def _unrouted(cur: psycopg.Cursor[Any], log: str) -> int:
+def _count(cur: psycopg.Cursor[Any], table: str, log: str) -> int:
+    """How many of ``log``'s events ``table`` records (unrouted, oversized)."""
     cur.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE log = %s").format(sql.Identifier(UNROUTED_EVENTS)),
+        sql.SQL("SELECT count(*) FROM {} WHERE log = %s").format(sql.Identifier(table)),
         (log,),
     )
     row = cur.fetchone()

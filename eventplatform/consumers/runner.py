@@ -207,11 +207,14 @@ async def _lead_projection(
                 alive=leadership.check,
             )
             await worker.start()
-            while not stop.is_set():
-                result = await worker.process_once()
-                outage.over()
-                if on_batch is not None and result.received:
-                    on_batch(result)
+            try:
+                while not stop.is_set():
+                    result = await worker.process_once()
+                    outage.over()
+                    if on_batch is not None and result.received:
+                        on_batch(result)
+            finally:
+                await worker.close()
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

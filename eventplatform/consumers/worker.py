@@ -176,6 +176,8 @@ class ProjectionWorker:
         )
         self.durable = config.durable or durable_name(projection)
         self._sub: Any = None
+        #: The next batch, fetched and read while the current one is in its transaction.
+        self._next: asyncio.Task[tuple[list[Msg], list[Intake]]] | None = None
 
     @property
     def positions(self) -> dict[str, int]:
@@ -257,31 +259,33 @@ class ProjectionWorker:
         """Processes batches until ``stop`` is set."""
         if self._sub is None:
             await self.start()
-        while not stop.is_set():
-            await self.process_once()
+        try:
+            while not stop.is_set():
+                await self.process_once()
+        finally:
+            await self.close()
 
     async def process_once(self) -> BatchResult:
-        """Fetches one batch and settles it; retries a failing batch with back-off.
+        """Settles one batch; retries a failing batch with back-off.
+
+        Pipelined: while one batch is in its transaction, the next is fetched and read (the
+        transaction mostly waits on PostgreSQL, so this costs the current batch nothing). The
+        next batch is only ever settled after the current one, and acked after its own commit.
 
         Returns:
             What the batch did (empty when the fetch timed out).
 
         Raises:
             LeaseLost: the lease is lost (or a commit was fenced off); nothing of the batch
-                was committed or acked: stand by.
+                was committed or acked: stand by (and :meth:`close` this worker).
             BrokerUnavailable: the fetch failed.
         """
         self._alive()
-        try:
-            msgs: list[Msg] = await self._sub.fetch(
-                self._config.batch_size, timeout=self._config.fetch_timeout
-            )
-        except (TimeoutError, nats.errors.TimeoutError):
+        upcoming, self._next = self._next, None
+        msgs, intakes = await (upcoming or self._fetch_and_read())
+        if not msgs:
             return BatchResult()
-        except nats.errors.Error as e:
-            msg = f"fetch for projection {self.projection.name!r} failed: {e!r}"
-            raise BrokerUnavailable(msg) from e
-        intakes = await asyncio.to_thread(self._read, msgs)
+        self._next = asyncio.create_task(self._fetch_and_read())
         # Keep the messages ours while we apply and retry, instead of having them redelivered.
         async with keep_alive(msgs, self._config.ack_wait / 3):
             result, letters = await self._settle(msgs, intakes)
@@ -292,6 +296,26 @@ class ProjectionWorker:
         if letters:
             await publish_dead_letters(self._broker.js, self._config.prefix, letters)
         return result
+
+    async def close(self) -> None:
+        """Stops fetching ahead (what was fetched ahead is redelivered to whoever goes on)."""
+        upcoming, self._next = self._next, None
+        if upcoming is not None:
+            upcoming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await upcoming
+
+    async def _fetch_and_read(self) -> tuple[list[Msg], list[Intake]]:
+        try:
+            msgs: list[Msg] = await self._sub.fetch(
+                self._config.batch_size, timeout=self._config.fetch_timeout
+            )
+        except (TimeoutError, nats.errors.TimeoutError):
+            return [], []
+        except nats.errors.Error as e:
+            msg = f"fetch for projection {self.projection.name!r} failed: {e!r}"
+            raise BrokerUnavailable(msg) from e
+        return msgs, await asyncio.to_thread(self._read, msgs)
 
     def _read(self, msgs: list[Msg]) -> list[Intake]:
         return [read_message(m.data, self._decoder) for m in msgs]

@@ -178,6 +178,13 @@ class PostgresLeases:
         " WHERE l.expires_at <= now() OR l.holder = EXCLUDED.holder"
         " RETURNING token, acquired_at"
     ).format(t=_T)
+    _take_over = sql.SQL(
+        "INSERT INTO {t} AS l (name, holder, token, acquired_at, expires_at)"
+        " VALUES (%(name)s, %(holder)s, 1, now(), now() + make_interval(secs => %(ttl)s))"
+        " ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, token = l.token + 1,"
+        " acquired_at = now(), expires_at = EXCLUDED.expires_at"
+        " RETURNING token, acquired_at"
+    ).format(t=_T)
     _renew = sql.SQL(
         "UPDATE {t} SET expires_at = now() + make_interval(secs => %(ttl)s)"
         " WHERE name = %(name)s AND token = %(token)s AND holder = %(holder)s"
@@ -207,6 +214,22 @@ class PostgresLeases:
             raise translate(e, f"acquiring the lease {name!r}") from e
         if row is None:
             return None
+        return Lease(name=name, holder=holder, token=int(row[0]), acquired_at=row[1])
+
+    async def take_over(self, name: str, holder: str, ttl: float) -> Lease:
+        """Takes the lease whoever holds it (new token): for short operator tasks.
+
+        The holder it is taken from is deposed exactly as if its lease had expired: its
+        next renewal fails, and whatever it commits under its old token is refused. Used by
+        ``eventplatform audit --repair`` to publish under the relay's fencing.
+        """
+        params = {"name": name, "holder": holder, "ttl": ttl}
+        try:
+            cur = await self._conn.execute(self._take_over, params)
+            row = await cur.fetchone()
+        except psycopg.OperationalError as e:
+            raise translate(e, f"taking over the lease {name!r}") from e
+        assert row is not None  # an upsert without a condition always returns its row
         return Lease(name=name, holder=holder, token=int(row[0]), acquired_at=row[1])
 
     async def renew(self, lease: Lease, ttl: float) -> bool:

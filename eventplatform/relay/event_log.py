@@ -56,7 +56,25 @@ class PostgresEventLog:
             "SELECT notification_id, originator_id, originator_version, topic, state"
             " FROM {} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
         ).format(table)
+        self._between = sql.SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state"
+            " FROM {} WHERE notification_id > %s AND notification_id <= %s"
+            " ORDER BY notification_id"
+        ).format(table)
+        self._by_ids = sql.SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state"
+            " FROM {} WHERE notification_id = ANY(%s)"
+        ).format(table)
+        self._ids = sql.SQL(
+            "SELECT notification_id FROM {} WHERE notification_id > %s AND notification_id <= %s"
+            " ORDER BY notification_id LIMIT %s"
+        ).format(table)
         self._head = sql.SQL("SELECT max(notification_id) FROM {}").format(table)
+        self._sizes = sql.SQL(
+            "SELECT coalesce(max(octet_length(state)), 0),"
+            " count(*) FILTER (WHERE octet_length(state) > %s)"
+            " FROM {} WHERE notification_id > %s"
+        ).format(table)
         self._listening = False
 
     async def listen(self) -> None:
@@ -75,6 +93,50 @@ class PostgresEventLog:
         except psycopg.OperationalError as e:
             raise translate(e, f"reading log {self.log!r}") from e
         return [Notification(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+
+    async def between(self, after: int, upto: int) -> list[Notification]:
+        """Returns every notification with an id greater than ``after`` and up to ``upto``."""
+        if upto <= after:
+            return []
+        try:
+            cur = await self._reader.execute(self._between, (after, upto))
+            rows = await cur.fetchall()
+        except psycopg.OperationalError as e:
+            raise translate(e, f"reading log {self.log!r}") from e
+        return [Notification(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+
+    async def fetch(self, ids: list[int]) -> dict[int, Notification]:
+        """Returns the notifications with these ids (absent ones are left out)."""
+        if not ids:
+            return {}
+        try:
+            cur = await self._reader.execute(self._by_ids, (ids,))
+            rows = await cur.fetchall()
+        except psycopg.OperationalError as e:
+            raise translate(e, f"reading log {self.log!r}") from e
+        return {r[0]: Notification(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows}
+
+    async def ids(self, after: int, upto: int, limit: int) -> list[int]:
+        """Returns up to ``limit`` notification ids in ``(after, upto]``, in order (no state)."""
+        try:
+            cur = await self._reader.execute(self._ids, (after, upto, limit))
+            rows = await cur.fetchall()
+        except psycopg.OperationalError as e:
+            raise translate(e, f"reading log {self.log!r}") from e
+        return [int(r[0]) for r in rows]
+
+    async def state_sizes(self, after: int, limit: int) -> tuple[int, int]:
+        """The largest stored state after ``after``, and how many states exceed ``limit`` bytes.
+
+        Only the part of the log the relay has yet to publish: what was published fitted, and
+        what did not is recorded as oversized.
+        """
+        try:
+            cur = await self._reader.execute(self._sizes, (limit, after))
+            row = await cur.fetchone()
+        except psycopg.OperationalError as e:
+            raise translate(e, f"reading the event sizes of {self.log!r}") from e
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def head(self) -> int:
         """Returns the highest notification id in the log (0 when empty)."""

@@ -10,11 +10,15 @@ Every message the relay publishes says what the stream's last message must be:
 
 So a message lost in the middle of a pipelined batch makes every later one of the batch fail
 instead of landing out of order, and a deposed leader that wakes up late cannot append behind
-its successor's back. A refused message ("wrong last sequence / msg id") is not an outage: the
-relay re-reads the stream's tail (:func:`read_tail`) and resumes after what is there.
+its successor's back. A message JetStream drops as a duplicate does not become the stream's
+last message either, so the rest of its batch is refused too, unless the message it was taken
+for is itself the stream's last: only a message published under the relay's very next id, in
+the instant before the relay's own, lets the batch go on past it (see duplicates in
+:mod:`eventplatform.relay.relay`). Sequences alone would fence less: after a refusal, *any*
+single foreign message would fill the slot the next message expects.
 
-The tail also makes publishing exactly-once beyond the duplicate window: on start and after
-any failure the relay moves its position up to the last notification the stream already holds.
+A refused message ("wrong last sequence / msg id") is not an outage: the relay re-reads the
+stream's tail (:mod:`eventplatform.relay.tail`) and resumes after what is there.
 """
 
 from __future__ import annotations
@@ -22,14 +26,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import api
 
 from eventplatform.errors import BrokerUnavailable, PublishError
 from eventplatform.messagebus.cloudevents import MSG_ID_HEADER
@@ -39,10 +42,13 @@ logger = logging.getLogger(__name__)
 
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+#: Marks a message ``eventplatform audit --repair`` published again after later ones: it is
+#: out of order on purpose, and the audit says so instead of flagging it.
+REPUBLISHED_HEADER = "Eventplatform-Republished"
 #: JetStream error codes of a failed expectation (JSStreamWrongLastMsgIDErrF, ...SequenceErrF).
 FENCE_ERROR_CODES = frozenset({10070, 10071})
-#: How far back :func:`read_tail` looks for the log's last message among others' messages.
-MAX_SCAN = 10_000
+#: ``NATS/1.0\r\n`` before the headers and ``\r\n`` after them, as nats-py writes them.
+_HEADER_FRAME = len(b"NATS/1.0\r\n\r\n")
 
 
 class Refused(PublishError):
@@ -51,12 +57,15 @@ class Refused(PublishError):
     Attributes:
         code: the HTTP-like status (400, 503...).
         err_code: JetStream's own error code (10070: wrong last msg id, ...).
+        acked: when raised by :meth:`FencedPublisher.publish_batch`, the acks of the messages
+            before the refused one, in order (some may be duplicates: check them).
     """
 
     def __init__(self, message: str, *, code: int | None, err_code: int | None) -> None:
         super().__init__(message)
         self.code = code
         self.err_code = err_code
+        self.acked: list[api.PubAck] = []
 
 
 def is_fence_error(e: BaseException) -> bool:
@@ -96,8 +105,9 @@ class FencedPublisher:
             The acks, in order.
 
         Raises:
-            Refused: JetStream refused a message (the earliest refusal; the later messages
-                of the batch were refused too when it is a fence refusal).
+            Refused: JetStream refused a message (the earliest refusal, carrying the acks of
+                the messages before it; the later messages of the batch were refused too when
+                it is a fence refusal).
             BrokerUnavailable: not every answer arrived in time, or the connection failed.
         """
         loop = asyncio.get_running_loop()
@@ -133,7 +143,7 @@ class FencedPublisher:
                 )
                 if failed:
                     await asyncio.wait(futures[:failed])
-                return [f.result() for f in futures]
+                return _acks_or_refusal(futures)
         except (TimeoutError, nats.errors.Error, OSError) as e:
             msg = f"JetStream did not acknowledge {len(messages)} messages: {e!r}"
             raise BrokerUnavailable(msg) from e
@@ -147,6 +157,19 @@ class FencedPublisher:
                 await sub.unsubscribe()
             except (nats.errors.Error, OSError):
                 logger.debug("unsubscribing the ack inbox failed", exc_info=True)
+
+
+def _acks_or_refusal(futures: list[asyncio.Future[api.PubAck]]) -> list[api.PubAck]:
+    """The acks in order, or the earliest refusal carrying the acks before it."""
+    acks: list[api.PubAck] = []
+    for future in futures:
+        error = future.exception()
+        if error is not None:
+            if isinstance(error, Refused):
+                error.acked = acks
+            raise error
+        acks.append(future.result())
+    return acks
 
 
 def _settle(future: asyncio.Future[api.PubAck], msg: Msg, msg_id: str) -> None:
@@ -191,72 +214,33 @@ def fence_headers(previous_msg_id: str | None, last_sequence: int | None) -> dic
     return {EXPECTED_LAST_SEQUENCE: str(last_sequence)}
 
 
+def wire_size(body: bytes, msg_id: str, headers: Mapping[str, str] | None) -> int:
+    """Bytes a message counts against the server's ``max_payload``: payload and headers.
+
+    nats-py checks only the payload before sending; the server counts both and closes the
+    connection of a client that sends more than ``max_payload``.
+    """
+    size = _HEADER_FRAME + len(body) + len(MSG_ID_HEADER) + 4 + len(msg_id.encode())
+    if headers:
+        for key, value in headers.items():
+            size += len(key.encode()) + 4 + len(value.encode())
+    return size
+
+
+#: The largest notification id: PostgreSQL's bigint.
+MAX_NOTIFICATION_ID = 2**63 - 1
+
+
 def notification_of(msg_id: str | None, log: str) -> int | None:
-    """The notification id in a ``<log>:<id>`` message id, or None if it is not ``log``'s."""
+    """The notification id in a ``<log>:<id>`` message id, or None if it is not ``log``'s.
+
+    Anyone may publish any message id: only ASCII digits naming a bigint count (``"²"`` is a
+    digit to ``str.isdigit`` and not to ``int``; 2^63 does not fit the column).
+    """
     if not msg_id:
         return None
     name, sep, number = msg_id.rpartition(":")
-    if not sep or name != log or not number.isdigit():
+    if not sep or name != log or not (number.isascii() and number.isdigit()):
         return None
-    return int(number)
-
-
-@dataclass(frozen=True, slots=True)
-class StreamTail:
-    """What the stream holds at its end.
-
-    Attributes:
-        last_sequence: the stream's last sequence (0 when it never held a message).
-        last_notification: the highest notification id of the log found at the end of the
-            stream (0 when none).
-        scanned: messages read to find it.
-    """
-
-    last_sequence: int
-    last_notification: int
-    scanned: int
-
-
-async def read_tail(
-    js: JetStreamContext, stream: str, log: str, *, max_scan: int = MAX_SCAN
-) -> StreamTail:
-    """Reads the stream's last sequence and the last notification of ``log`` it holds.
-
-    Walks back from the last message over other publishers' messages (dead letters share the
-    stream) until one carries a ``<log>:<id>`` message id, at most ``max_scan`` messages.
-
-    Raises:
-        BrokerUnavailable: JetStream did not answer.
-        PublishError: the stream does not exist.
-    """
-    try:
-        info = await js.stream_info(stream)
-        last = int(info.state.last_seq or 0)
-        first = int(info.state.first_seq or 0)
-        scanned = 0
-        seq = last
-        while seq >= max(first, 1) and scanned < max_scan:
-            scanned += 1
-            try:
-                stored = await js.get_msg(stream, seq)
-            except nats.js.errors.NotFoundError:
-                seq -= 1  # deleted or expired
-                continue
-            notification = notification_of((stored.headers or {}).get(MSG_ID_HEADER), log)
-            if notification is not None:
-                return StreamTail(last, notification, scanned)
-            seq -= 1
-    except nats.js.errors.NotFoundError as e:
-        msg = f"JetStream stream {stream!r} does not exist"
-        raise PublishError(msg) from e
-    except (TimeoutError, nats.errors.Error, OSError) as e:
-        msg = f"JetStream unavailable while reading the tail of {stream!r}: {e!r}"
-        raise BrokerUnavailable(msg) from e
-    if scanned >= max_scan:
-        logger.warning(
-            "no message of log %r among the last %d of stream %r: is the stream shared?",
-            log,
-            max_scan,
-            stream,
-        )
-    return StreamTail(last, 0, scanned)
+    value = int(number)
+    return value if value <= MAX_NOTIFICATION_ID else None

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from eventplatform.leases.leadership import LeaseLost, relay_lease
 from eventplatform.store.postgres import translate
-from eventplatform.store.schema import LEASES, RELAY_POSITIONS, UNROUTED_EVENTS
+from eventplatform.store.schema import LEASES, OVERSIZED_EVENTS, RELAY_POSITIONS, UNROUTED_EVENTS
 
 
 class PostgresRelayPositions:
@@ -49,6 +49,23 @@ class PostgresRelayPositions:
         "INSERT INTO {} (log, notification_id, topic) VALUES (%s, %s, %s)"
         " ON CONFLICT (log, notification_id) DO NOTHING"
     ).format(sql.Identifier(UNROUTED_EVENTS))
+
+    _oversized = sql.SQL(
+        "INSERT INTO {} (log, notification_id, topic, size, max_payload)"
+        " VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (log, notification_id) DO UPDATE"
+        " SET size = EXCLUDED.size, max_payload = EXCLUDED.max_payload"
+    ).format(sql.Identifier(OVERSIZED_EVENTS))
+
+    _unrouted_ids = sql.SQL("SELECT notification_id FROM {} WHERE log = %s").format(
+        sql.Identifier(UNROUTED_EVENTS)
+    )
+    _oversized_ids = sql.SQL("SELECT notification_id FROM {} WHERE log = %s").format(
+        sql.Identifier(OVERSIZED_EVENTS)
+    )
+    _forget_oversized = sql.SQL(
+        "DELETE FROM {} WHERE log = %s AND notification_id = ANY(%s)"
+    ).format(sql.Identifier(OVERSIZED_EVENTS))
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
@@ -98,3 +115,34 @@ class PostgresRelayPositions:
                 await cur.executemany(self._unrouted, [(log, n, topic) for n, topic in unrouted])
         except psycopg.OperationalError as e:
             raise translate(e, f"recording unrouted events of {log!r}") from e
+
+    async def record_oversized(self, log: str, oversized: list[tuple[int, str, int, int]]) -> None:
+        """Records events too large for the broker: ``(notification id, topic, size, limit)``.
+
+        ``size`` counts payload and headers, ``limit`` is the server's ``max_payload``.
+        Idempotent: recording the same notification again updates its sizes.
+        """
+        try:
+            async with self._conn.cursor() as cur:
+                rows = [(log, n, topic, size, limit) for n, topic, size, limit in oversized]
+                await cur.executemany(self._oversized, rows)
+        except psycopg.OperationalError as e:
+            raise translate(e, f"recording oversized events of {log!r}") from e
+
+    async def skipped(self, log: str) -> tuple[set[int], set[int]]:
+        """The notification ids recorded as unrouted and as oversized: never in the stream."""
+        try:
+            cur = await self._conn.execute(self._unrouted_ids, (log,))
+            unrouted = {int(r[0]) for r in await cur.fetchall()}
+            cur = await self._conn.execute(self._oversized_ids, (log,))
+            oversized = {int(r[0]) for r in await cur.fetchall()}
+        except psycopg.OperationalError as e:
+            raise translate(e, f"reading the skipped events of {log!r}") from e
+        return unrouted, oversized
+
+    async def forget_oversized(self, log: str, ids: list[int]) -> None:
+        """Removes the record of oversized events that have been published since."""
+        try:
+            await self._conn.execute(self._forget_oversized, (log, ids))
+        except psycopg.OperationalError as e:
+            raise translate(e, f"updating the oversized events of {log!r}") from e

@@ -33,6 +33,7 @@ PROCESSED_EVENTS = "eventplatform_processed_events"
 PARKED_EVENTS = "eventplatform_parked_events"
 LEASES = "eventplatform_leases"
 UNROUTED_EVENTS = "eventplatform_unrouted_events"
+OVERSIZED_EVENTS = "eventplatform_oversized_events"
 PROJECTION_VERSIONS = "eventplatform_projection_versions"
 CONSUMER_CURSORS = "eventplatform_consumer_cursors"
 
@@ -142,6 +143,17 @@ _PLATFORM_TABLES = [
         " stream_sequence bigint NOT NULL,"
         " updated_at timestamptz NOT NULL DEFAULT now())"
     ).format(sql.Identifier(CONSUMER_CURSORS)),
+    # Events too large for the broker (issue 16): recorded and skipped, never a wedge.
+    sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} ("
+        " log text NOT NULL,"
+        " notification_id bigint NOT NULL,"
+        " topic text NOT NULL,"
+        " size bigint NOT NULL,"
+        " max_payload bigint NOT NULL,"
+        " recorded_at timestamptz NOT NULL DEFAULT now(),"
+        " PRIMARY KEY (log, notification_id))"
+    ).format(sql.Identifier(OVERSIZED_EVENTS)),
     # The version serving each projection's read model (issue 5): see versions.py.
     sql.SQL(
         "CREATE TABLE IF NOT EXISTS {} ("

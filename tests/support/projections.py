@@ -8,6 +8,7 @@ import psycopg
 from psycopg import sql
 
 from domain import Product
+from eventplatform.consumers.projection import Projection
 from projections import ProductViewProjection
 
 
@@ -15,6 +16,8 @@ class ShoutingProductView(ProductViewProjection):
     """A deliberately changed projection: names in capitals (same version: a defect)."""
 
     aggregate_column = "id"
+    # Event by event, through the apply() below (the view's own batch is set-based).
+    apply_batch = Projection.apply_batch
 
     def apply(self, cur: psycopg.Cursor[Any], event: Any) -> None:
         super().apply(cur, event)

@@ -29,7 +29,7 @@ from eventplatform.messagebus.nats_broker import NatsBroker, OutgoingMessage, st
 from eventplatform.relay.event_log import PostgresEventLog
 from eventplatform.relay.fencing import FencedPublisher, is_fence_error
 from eventplatform.relay.positions import PostgresRelayPositions
-from eventplatform.relay.relay import Relay, RelayConfig, StreamAheadOfLog
+from eventplatform.relay.relay import Relay, RelayConfig
 from eventplatform.relay.routing import DefaultTopicMapper
 from eventplatform.relay.runner import run_relay
 from eventplatform.settings import Settings, load_settings
@@ -220,15 +220,6 @@ async def test_a_crash_between_ack_and_position_republishes_nothing_after_the_wi
     assert restarted.position == first[-1]
     assert await restarted.relay_once() is not None
     assert await stream_sequences(settings) == first + more
-
-
-async def test_a_stream_holding_events_the_log_does_not_have_is_refused_by_name(settings, parts):
-    nc = parts.broker.js
-    await nc.publish(
-        f"{settings.subject_prefix}.Product.Created", b"{}", headers={"Nats-Msg-Id": "products:99"}
-    )
-    with pytest.raises(StreamAheadOfLog, match=r"holds products:99 but the log's head is 0"):
-        await parts.relay(None).reconcile()
 
 
 async def test_an_event_whose_topic_maps_to_no_subject_is_recorded_and_shown_in_status(

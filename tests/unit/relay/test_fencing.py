@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from eventplatform.errors import PublishError
-from eventplatform.relay.fencing import Refused, fence_headers, is_fence_error, notification_of
+from eventplatform.relay.fencing import (
+    Refused,
+    fence_headers,
+    is_fence_error,
+    notification_of,
+    wire_size,
+)
 
 
 def test_the_first_message_after_the_tail_expects_the_streams_last_sequence():
@@ -21,6 +27,12 @@ def test_without_a_known_tail_no_header_can_be_made():
         fence_headers(None, None)
 
 
+def test_the_wire_size_counts_payload_and_headers_as_nats_py_writes_them():
+    headers = {"Nats-Expected-Last-Sequence": "41"}
+    written = b"NATS/1.0\r\nNats-Msg-Id: products:7\r\nNats-Expected-Last-Sequence: 41\r\n\r\n"
+    assert wire_size(b"x" * 100, "products:7", headers) == 100 + len(written)
+
+
 @pytest.mark.parametrize(
     ("msg_id", "expected"),
     [
@@ -29,6 +41,11 @@ def test_without_a_known_tail_no_header_can_be_made():
         ("orders:12", None),
         ("dlq:products:12", None),
         ("products:x", None),
+        ("products:\u00b2", None),  # a digit to str.isdigit, not to int
+        ("products:\u0663", None),  # Arabic-Indic three
+        ("products:-1", None),
+        (f"products:{2**63 - 1}", 2**63 - 1),
+        (f"products:{2**63}", None),  # beyond bigint
         ("products", None),
         ("", None),
         (None, None),
