@@ -35,7 +35,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 import orjson
 
 from eventplatform.errors import DecodeError
-from eventplatform.store.event_state import WireState, split
+from eventplatform.store.event_state import WireState, split, split_fast
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -126,7 +126,7 @@ def encode(
             "encrypted or compressed stores cannot be relayed verbatim"
         )
         raise DecodeError(msg)
-    wire = split(state)
+    time, class_version, data = split_fast(state)
     envelope: dict[str, Any] = {
         "specversion": SPEC_VERSION,
         "id": event_id(aggregate_id, version),
@@ -134,15 +134,15 @@ def encode(
         "type": topic,
         "subject": str(aggregate_id),
     }
-    if wire.time is not None:
-        envelope["time"] = wire.time
+    if time is not None:
+        envelope["time"] = time
     envelope["datacontenttype"] = CONTENT_TYPE
-    envelope["dataschema"] = schema_uri(topic, wire.class_version)
+    envelope["dataschema"] = schema_uri(topic, class_version)
     envelope["sequence"] = f"{notification_id:019d}"
     envelope["aggregateversion"] = version
     if traceparent:
         envelope["traceparent"] = traceparent
-    envelope["data"] = orjson.Fragment(wire.data)
+    envelope["data"] = orjson.Fragment(data)
     return orjson.dumps(envelope)
 
 
