@@ -146,6 +146,47 @@ def encode(
     return orjson.dumps(envelope)
 
 
+def encode_tagged(
+    *,
+    log: str,
+    notification_id: int,
+    aggregate_id: UUID | str,
+    version: int,
+    topic: str,
+    state: bytes,
+) -> bytes | None:
+    """The body relays published for a tagged stored state before the plain layout.
+
+    They spliced the state as stored (tags and ``timestamp`` in ``data``), wrote ``sequence``
+    as a JSON integer and had no ``dataschema``. Streams written then still hold such messages:
+    the relay and the audit recognise them, byte for byte, as the stored event's (they are
+    not forgeries), while consumers refuse them like any message not in today's format.
+
+    Returns:
+        That body, or None when the state is not in the tagged form (no relay wrote it so).
+    """
+    marker = b'"timestamp":{"_type_":"datetime_iso","_data_":"'
+    start = state.find(marker)
+    if not state.startswith(b"{") or start < 0:
+        return None
+    start += len(marker)
+    end = state.find(b'"', start)
+    envelope: dict[str, Any] = {
+        "specversion": SPEC_VERSION,
+        "id": event_id(aggregate_id, version),
+        "source": log,
+        "type": topic,
+        "subject": str(aggregate_id),
+        "datacontenttype": CONTENT_TYPE,
+        "sequence": notification_id,
+        "aggregateversion": version,
+    }
+    if end > start:
+        envelope["time"] = state[start:end].decode()
+    envelope["data"] = orjson.Fragment(state)
+    return orjson.dumps(envelope)
+
+
 @dataclass(frozen=True, slots=True)
 class CloudEvent:
     """A decoded message: the envelope, with ``data`` as plain JSON.

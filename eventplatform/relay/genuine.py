@@ -6,7 +6,9 @@ subjects can send any body under any ``Nats-Msg-Id``. So the relay and the audit
 event it claims to carry. Three verdicts:
 
 * **genuine**: the relay's CloudEvent of that stored event (same bytes, or the same envelope
-  attributes and the same ``data``: a relay of another version may lay the JSON out otherwise);
+  attributes and the same ``data``: a relay of another version may lay the JSON out otherwise;
+  or, for an event stored in the tagged form, the very bytes relays published before the
+  plain layout, see :func:`~eventplatform.messagebus.cloudevents.encode_tagged`);
 * **from a relay, for another event** (foreign): a consistent CloudEvent of this log
   (``source`` is the log, ``sequence`` the claimed id, ``id`` the deterministic id of its
   ``subject`` and ``aggregateversion``) of another event than the stored one: what another
@@ -80,8 +82,18 @@ def carries(body: bytes, log: str, stored: Notification) -> bool:
     try:
         if body == expected_body(log, stored):
             return True  # the usual case: this very encoder wrote it
-        expected_data = orjson.loads(stored.state)
+        if body == cloudevents.encode_tagged(
+            log=log,
+            notification_id=stored.id,
+            aggregate_id=stored.originator_id,
+            version=stored.originator_version,
+            topic=stored.topic,
+            state=stored.state,
+        ):
+            return True  # a relay from before the plain layout published it
+        wire = cloudevents.wire_state(stored.state)
         event = cloudevents.decode(body)
+        expected_data = orjson.loads(wire.data)
     except (DecodeError, orjson.JSONDecodeError):
         return False
     return (
@@ -91,6 +103,8 @@ def carries(body: bytes, log: str, stored: Notification) -> bool:
         and event.subject == str(stored.originator_id)
         and event.aggregate_version == stored.originator_version
         and event.id == cloudevents.event_id(stored.originator_id, stored.originator_version)
+        and event.time == wire.time
+        and event.schema_version == wire.class_version
         and event.data == expected_data
     )
 
