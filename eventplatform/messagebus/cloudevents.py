@@ -53,14 +53,16 @@ def event_id(aggregate_id: UUID | str, version: int) -> str:
     eventsourcing events carry no UUID of their own, but an aggregate id and a version name
     exactly one event, forever.
     """
-    # uuid5 by hand: the same bytes as uuid.uuid5, without its object construction, which
-    # cost a fifth of the relay's time per message.
+    # uuid5 by hand: the same text as str(uuid.uuid5(...)) without building UUID objects,
+    # version and variant set on the hex digits (a fifth of the relay's time per message
+    # went to the object construction).
     name = _NAMESPACE_BYTES + f"{aggregate_id}:{version}".encode()
-    digest = bytearray(hashlib.sha1(name, usedforsecurity=False).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = hashlib.sha1(name, usedforsecurity=False).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+#: The first hex digit of uuid byte 8 with the RFC 4122 variant bits (10xx) set.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def message_id(log: str, notification_id: int) -> str:
@@ -127,12 +129,13 @@ def encode(
         )
         raise DecodeError(msg)
     time, class_version, data = split_fast(state)
+    subject = str(aggregate_id)
     envelope: dict[str, Any] = {
         "specversion": SPEC_VERSION,
-        "id": event_id(aggregate_id, version),
+        "id": event_id(subject, version),
         "source": log,
         "type": topic,
-        "subject": str(aggregate_id),
+        "subject": subject,
     }
     if time is not None:
         envelope["time"] = time
