@@ -44,6 +44,7 @@ from eventplatform.rebuild import (
     rebuild,
     replay_log,
 )
+from eventplatform.redaction import RedactingFormatter, redact, register_secret
 from eventplatform.relay import DefaultTopicMapper, TopicMapper, run_relay
 from eventplatform.settings import Settings, load_settings
 from eventplatform.store import CommandResult, EventSourcedApplication, create_schema, wait_for
@@ -69,6 +70,7 @@ __all__ = [
     "RebuildError",
     "RebuildOptions",
     "RebuildReport",
+    "RedactingFormatter",
     "RetryPolicy",
     "SchemaError",
     "Settings",
@@ -80,6 +82,8 @@ __all__ = [
     "idempotent",
     "load_settings",
     "rebuild",
+    "redact",
+    "register_secret",
     "replay_log",
     "run_handler",
     "run_projection",

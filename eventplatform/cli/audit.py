@@ -75,7 +75,7 @@ async def _run(
     settings: Settings, dsn: str, logs: list[str], repair: bool, delete_extra: bool
 ) -> dict[str, Any]:
     from eventplatform.leases.leadership import PostgresLeases
-    from eventplatform.messagebus.nats_broker import NatsBroker, probe
+    from eventplatform.messagebus.nats_broker import NatsBroker
     from eventplatform.relay.audit import audit_stream
     from eventplatform.relay.event_log import PostgresEventLog
     from eventplatform.relay.positions import PostgresRelayPositions
@@ -87,9 +87,8 @@ async def _run(
         if read // _PROGRESS_EVERY != (read - 1) // _PROGRESS_EVERY or read == total:
             logger.info("audit: %d of %d messages read", read, total)
 
-    await probe(settings.nats_servers)
     async with (
-        NatsBroker(settings.nats_servers, name="eventplatform-audit") as broker,
+        NatsBroker.from_settings(settings, name="eventplatform-audit") as broker,
         await connect_async(dsn, "opening the audit's connection") as conn,
         await connect_async(dsn, "opening the audit's lease connection") as lease_conn,
     ):

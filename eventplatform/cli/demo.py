@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool
 from eventplatform.cli.loader import load, load_projection
 from eventplatform.consumers.runner import run_projection
 from eventplatform.errors import CommandRejected, ConfigurationError
+from eventplatform.redaction import redact
 from eventplatform.relay.relay import RelayedBatch
 from eventplatform.relay.runner import run_relay
 from eventplatform.settings import Settings
@@ -47,7 +48,7 @@ def _servers(settings: Settings) -> Iterator[tuple[Settings, list[str]]]:
             overrides["nats_url"] = nats_server.url
             notes.append(f"NATS        embedded, throwaway  {nats_server.url} (JetStream)")
         else:
-            notes.append(f"NATS        APP_NATS_URL  {settings.nats_url}")
+            notes.append(f"NATS        APP_NATS_URL  {redact(settings.nats_url)}")
         yield settings.model_copy(update=overrides), notes
 
 

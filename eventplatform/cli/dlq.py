@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
+from eventplatform.cli.arguments import positive_int
 from eventplatform.cli.loader import load
 from eventplatform.consumers.dead_letters import DeadLetter, PostgresDeadLetters
 from eventplatform.consumers.handlers import IdempotentEventHandler, retry_dead_letter
@@ -24,8 +27,11 @@ from eventplatform.consumers.verification import StoreVerifier
 from eventplatform.errors import ConfigurationError, EventPlatformError
 from eventplatform.settings import Settings
 from eventplatform.store.postgres import connect
+from eventplatform.store.schema import DEAD_LETTERS
 
 _STATUSES = ("open", "retried", "discarded")
+#: Dead letters ``retry --all`` reads per query (ids only: bodies are loaded one at a time).
+RETRY_PAGE = 500
 
 
 def add_dlq_parser(sub: Any) -> None:
@@ -36,7 +42,9 @@ def add_dlq_parser(sub: Any) -> None:
     a = actions.add_parser("list", help="dead letters, oldest first (default: open ones)")
     a.add_argument("--consumer", help="only this projection/handler name")
     a.add_argument("--status", choices=[*_STATUSES, "all"], default="open")
-    a.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    a.add_argument(
+        "--limit", type=positive_int, default=100, help="at most this many (default 100)"
+    )
     a.add_argument("--json", action="store_true", help="print JSON")
 
     a = actions.add_parser("show", help="one dead letter in full, with its message body")
@@ -121,17 +129,10 @@ def _show(conn: psycopg.Connection[Any], dead_letter_id: int, *, as_json: bool) 
 
 def _retry(conn: psycopg.Connection[Any], args: argparse.Namespace, verifier: StoreVerifier) -> int:
     consumer = _consumer(args.consumer)
-    if args.all:
-        with conn.cursor() as cur:
-            ids = [
-                d.id for d in PostgresDeadLetters().find(cur, consumer=consumer.name, limit=10**6)
-            ]
-        if not ids:
-            print(f"no open dead letters for {consumer.name}")
-    else:
-        ids = [args.id]
-    failed = 0
+    ids = _open_ids(conn, consumer.name, RETRY_PAGE) if args.all else iter([args.id])
+    failed = seen = 0
     for dead_letter_id in ids:
+        seen += 1
         try:
             if isinstance(consumer, Projection):
                 result = release(conn, consumer, dead_letter_id, verifier=verifier)
@@ -149,7 +150,40 @@ def _retry(conn: psycopg.Connection[Any], args: argparse.Namespace, verifier: St
             print(f"dead letter {dead_letter_id}: had already been processed; marked retried")
         else:
             print(f"dead letter {dead_letter_id}: applied ({count} event(s)) by {consumer.name}")
+    if args.all and not seen:
+        print(f"no open dead letters for {consumer.name}")
     return 1 if failed else 0
+
+
+def _open_ids(conn: psycopg.Connection[Any], consumer: str, page: int) -> Iterator[int]:
+    """The ids of ``consumer``'s open dead letters, oldest first, read ``page`` at a time.
+
+    Only those that exist when it starts (a retry that fails again stays open and is not met
+    twice; new ones arriving meanwhile wait for the next run), and only their ids: each
+    retry loads its own row, so memory does not grow with the number of dead letters.
+    """
+    table = sql.Identifier(DEAD_LETTERS)
+    row = conn.execute(
+        sql.SQL("SELECT coalesce(max(id), 0) FROM {} WHERE consumer = %s").format(table),
+        (consumer,),
+    ).fetchone()
+    ceiling = int(row[0]) if row else 0
+    after = 0
+    while True:
+        ids = [
+            int(r[0])
+            for r in conn.execute(
+                sql.SQL(
+                    "SELECT id FROM {} WHERE consumer = %s AND status = 'open'"
+                    " AND id > %s AND id <= %s ORDER BY id LIMIT %s"
+                ).format(table),
+                (consumer, after, ceiling, page),
+            ).fetchall()
+        ]
+        if not ids:
+            return
+        yield from ids
+        after = ids[-1]
 
 
 def _discard(conn: psycopg.Connection[Any], dead_letter_id: int, *, force: bool) -> int:

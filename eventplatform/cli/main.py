@@ -12,25 +12,38 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+import traceback
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+from eventplatform.backoff import STOP_GRACE
+from eventplatform.cli.arguments import log_level, log_name, non_negative_int, positive_seconds
 from eventplatform.cli.loader import load, load_projection
 from eventplatform.errors import ConfigurationError, EventPlatformError
+from eventplatform.redaction import RedactingFormatter, RedactingStream
 from eventplatform.settings import Settings, load_settings
 
 logger = logging.getLogger("eventplatform")
 
 _ENV_HELP = """
 configuration (environment):
-  APP_DSN                   PostgreSQL connection string (required, except for 'demo')
+  APP_DSN                   PostgreSQL connection string (required, except for 'demo'); every
+                            libpq option in it (sslmode, sslrootcert, ...) reaches every connection
   APP_NATS_URL              NATS server URL(s), comma-separated (default nats://127.0.0.1:4222)
+  APP_NATS_CREDS            NATS .creds file (JWT + NKEY seed)
+  APP_NATS_NKEY_SEED        NATS NKEY seed file
+  APP_NATS_TLS_CA           PEM CA file that signed the NATS servers' certificates
+  APP_NATS_TLS_CERT, APP_NATS_TLS_KEY   PEM client certificate and key (mutual TLS)
   APP_LOG                   log (application) name; required by relay, schema, wait, rebuild
                             unless --log is given
   APP_STREAM                JetStream stream name (default EVENTS)
   APP_SUBJECT_PREFIX        subject prefix (default events)
   APP_STREAM_REPLICAS       stream replicas, 3 on a cluster (default 1)
-  APP_DUPLICATE_WINDOW      JetStream de-duplication window, seconds (default 120)
+  APP_DUPLICATE_WINDOW      JetStream de-duplication window, seconds (default 120, max 86400)
+  APP_STREAM_MAX_AGE, APP_STREAM_MAX_BYTES   event stream retention (default 7 days, no size
+                            limit; 0 / -1: unlimited)
+  APP_DLQ_MAX_AGE, APP_DLQ_MAX_BYTES   dead-letter stream retention (default 30 days, -1)
   APP_RELAY_BATCH_SIZE      notifications per relay batch (default 1000)
   APP_RELAY_POLL_INTERVAL   re-poll when no NOTIFY arrives, seconds (default 1.0)
   APP_RELAY_LEASE_TTL       relay leadership lease, seconds (default 3; takeover <= 4/3 of it)
@@ -44,16 +57,40 @@ configuration (environment):
   APP_CONSUMER_MAX_ACK_PENDING   handler consumers (defaults 100, 1.0, 20, 1000)
   APP_RETRY_ATTEMPTS, APP_RETRY_INITIAL, APP_RETRY_MULTIPLIER, APP_RETRY_CAP,
   APP_RETRY_JITTER          retry policy (defaults 5, 0.1 s, 2.0, 5.0 s, 0.5)
+An APP_* variable that is none of these is warned about. No output shows a password: the
+credentials in APP_DSN and APP_NATS_URL are masked (***) wherever they would appear.
 """
 
 
 def _run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Runs a worker until SIGTERM or SIGINT, and never much longer.
+
+    The first signal sets ``stop``: the worker finishes its batch and returns. Whatever still
+    runs ``2 * STOP_GRACE`` seconds later (a wait that does not look at ``stop``) is
+    cancelled, and a second signal cancels at once. Cancelling is safe: a worker may stop at
+    any instant, and what it had not recorded is done again after a restart.
+    """
+
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        work = asyncio.ensure_future(main(stop))
+
+        def on_signal() -> None:
+            if stop.is_set():
+                work.cancel()
+                return
+            stop.set()
+            loop.call_later(STOP_GRACE * 2, work.cancel)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await main(stop)
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not stop.is_set():
+                raise
+            logger.warning("stopped: work still waiting after the grace period was cancelled")
 
     asyncio.run(runner())
 
@@ -168,18 +205,26 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_ENV_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        type=log_level,
+        default=logging.INFO,
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("schema", help="create event store, platform and read-model tables")
-    p.add_argument("--log", action="append", help="log name (repeatable; default APP_LOG)")
+    p.add_argument(
+        "--log", action="append", type=log_name, help="log name (repeatable; default APP_LOG)"
+    )
     p.add_argument(
         "--projection", action="append", default=[], help="projection module:attr (repeatable)"
     )
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("relay", help="publish the log's events to JetStream (leader/standby)")
-    p.add_argument("--log", help="log name (default APP_LOG)")
+    p.add_argument("--log", type=log_name, help="log name (default APP_LOG)")
     p.set_defaults(func=cmd_relay)
 
     p = sub.add_parser("project", help="run a projection worker")
@@ -194,14 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("wait", help="wait until a projection has applied a position")
     p.add_argument("--projection", required=True, help="projection name")
-    p.add_argument("--position", required=True, type=int, help="notification id to wait for")
-    p.add_argument("--log", help="log name (default APP_LOG)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    p.add_argument(
+        "--position", required=True, type=non_negative_int, help="notification id to wait for"
+    )
+    p.add_argument("--log", type=log_name, help="log name (default APP_LOG)")
+    p.add_argument("--timeout", type=positive_seconds, default=10.0, help="seconds (default 10)")
     p.set_defaults(func=cmd_wait)
 
     p = sub.add_parser("status", help="log heads, relay and projection positions, lag")
     p.add_argument(
-        "--log", action="append", help="log name (repeatable; default APP_LOG, else every log)"
+        "--log",
+        action="append",
+        type=log_name,
+        help="log name (repeatable; default APP_LOG, else every log)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
@@ -220,36 +270,68 @@ def build_parser() -> argparse.ArgumentParser:
     from eventplatform.cli.audit import add_audit_parser
 
     add_audit_parser(sub)  # audit [--log L] [--json] [--repair] [--delete-extra]
+    from eventplatform.cli.prune import add_prune_parser
+
+    add_prune_parser(sub)  # prune --older-than AGE [--dry-run]
+    from eventplatform.cli.health import add_health_parser
+
+    add_health_parser(sub)  # health [--stream] [--no-postgres] [--no-nats]
     from eventplatform.cli.schemas import add_schemas_parser
 
     add_schemas_parser(sub)  # schemas TARGET... --out DIR | --check DIR
     return parser
 
 
+@contextmanager
+def _redacted_output() -> Iterator[None]:
+    """Masks credentials in everything written to stdout and stderr meanwhile."""
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(stdout), RedactingStream(stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _configure_logging(level: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    logging.captureWarnings(True)  # library warnings pass the same redaction
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``eventplatform`` command.
 
+    Everything it writes, its own lines, logs, library warnings and tracebacks, goes through
+    the redaction rule (:mod:`eventplatform.redaction`).
+
     Returns:
-        The exit status: 0 on success, 2 for bad configuration, 1 for other errors.
+        The exit status: 0 on success, 2 for bad configuration or arguments, 1 for other
+        errors.
     """
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        settings = load_settings()
-        func: Callable[[argparse.Namespace, Settings], int] = args.func
-        return func(args, settings)
-    except ConfigurationError as e:
-        print(f"eventplatform: configuration error: {e}", file=sys.stderr)
-        return 2
-    except EventPlatformError as e:
-        print(f"eventplatform: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    with _redacted_output():
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help, or argparse's one-line usage error
+            return e.code if isinstance(e.code, int) else 2
+        _configure_logging(args.log_level)
+        try:
+            settings = load_settings()
+            func: Callable[[argparse.Namespace, Settings], int] = args.func
+            return func(args, settings)
+        except ConfigurationError as e:
+            print(f"eventplatform: configuration error: {e}", file=sys.stderr)
+            return 2
+        except EventPlatformError as e:
+            print(f"eventplatform: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        except Exception as e:  # a bug: show where, but through the redaction like the rest
+            traceback.print_exc()
+            print(f"eventplatform: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

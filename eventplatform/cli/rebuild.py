@@ -16,33 +16,12 @@ import threading
 from typing import Any
 from uuid import UUID
 
+from eventplatform.cli.arguments import log_name, non_negative_int, positive_int
 from eventplatform.cli.loader import load_projection
 from eventplatform.errors import ConfigurationError
 from eventplatform.settings import Settings
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        msg = f"must be a non-negative notification id, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        msg = f"must be a positive integer, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
 
 
 def add_rebuild_parser(sub: Any) -> None:
@@ -62,7 +41,7 @@ def add_rebuild_parser(sub: Any) -> None:
         "--from",
         dest="from_position",
         metavar="POS",
-        type=_non_negative,
+        type=non_negative_int,
         help="replay only events after POS (into a fresh shadow)",
     )
     p.add_argument("--restart", action="store_true", help="drop the shadow instead of resuming")
@@ -71,9 +50,12 @@ def add_rebuild_parser(sub: Any) -> None:
         action="store_true",
         help="read only the topics of the projection's event_classes",
     )
-    p.add_argument("--log", help="log name (default APP_LOG)")
+    p.add_argument("--log", type=log_name, help="log name (default APP_LOG)")
     p.add_argument(
-        "--batch-size", type=_positive, default=5000, help="events per transaction (default 5000)"
+        "--batch-size",
+        type=positive_int,
+        default=5000,
+        help="events per transaction (default 5000)",
     )
     p.set_defaults(func=cmd_rebuild)
 

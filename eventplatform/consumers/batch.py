@@ -58,6 +58,7 @@ from eventplatform.errors import ProjectionError, StoreUnavailable
 from eventplatform.leases.fence import Fence, FencedOff, NoFence
 from eventplatform.leases.leadership import LeaseLost
 from eventplatform.messagebus.cloudevents import CloudEvent
+from eventplatform.partitions import partition_label, partition_of
 from eventplatform.store.postgres import translate
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,10 @@ class BatchApplier:
         decoder: decodes events read from the store to fill a gap (default: the
             projection's ``event_classes``).
         fill_limit: stored events looked at per log and batch when filling gaps.
+        partition: the partition this worker applies (None: the projection is not
+            partitioned); only that partition's events are genuine here, and only its gaps
+            are filled.
+        partitions: how many partitions the stream has.
     """
 
     def __init__(
@@ -152,13 +157,19 @@ class BatchApplier:
         idle_timeout: float = 5.0,
         decoder: EventDecoder | None = None,
         fill_limit: int = 10_000,
+        partition: int | None = None,
+        partitions: int = 1,
     ) -> None:
         self.projection = projection
         self._decoder = decoder or EventDecoder(projection.event_classes)
         self._fill_limit = fill_limit
         self._pool = pool
         self._prefix = prefix
-        self.cursor = cursor or projection.name
+        self.partition, self.partitions = partition, partitions
+        #: Where this worker's positions, cursor and parking lock are kept: the projection's
+        #: name, or ``name#k/n`` for partition k of n.
+        self.key = partition_label(projection.name, partition, partitions)
+        self.cursor = cursor or self.key
         self._verifier = verifier or StoreVerifier()
         self._fence: Fence = fence or NoFence()
         self._idle = sql.SQL("SET LOCAL idle_in_transaction_session_timeout = {}").format(
@@ -179,7 +190,7 @@ class BatchApplier:
         """
         try:
             with self._pool.connection() as conn, conn.cursor() as cur:
-                self.positions = self._tracking.all(cur, self.projection.name)
+                self.positions = self._tracking.all(cur, self.key)
                 cursor = self._cursors.get(cur, self.cursor)
         except psycopg.OperationalError as e:
             raise translate(e, f"loading positions of {self.projection.name!r}") from e
@@ -279,10 +290,11 @@ class BatchApplier:
         self._verify(cur, items)
         items = self._fill_gaps(cur, items, result)
         items, positions = self._in_order(items, result, msgs)
-        name = self.projection.name
-        self._parking.lock(cur, name)
+        self._parking.lock(cur, self.key)
         parked = self._parking.parked_aggregates(
-            cur, name, {i.envelope.subject for i in items if i.envelope and not i.forged}
+            cur,
+            self.projection.name,
+            {i.envelope.subject for i in items if i.envelope and not i.forged},
         )
         failures = self._apply_events(conn, cur, items, set(parked), isolate)
         plan = _plan(items, set(parked), failures)
@@ -329,6 +341,15 @@ class BatchApplier:
         readable = [(n, i) for n, i in enumerate(items) if i.envelope is not None]
         verdicts = self._verifier.verify(cur, [i.envelope for _, i in readable if i.envelope])
         for (n, item), verdict in zip(readable, verdicts, strict=True):
+            if verdict is None and self.partition is not None and item.envelope is not None:
+                # The relay routes each aggregate to one partition: another partition's event
+                # here is a stray copy, and applying it would apply it twice.
+                actual = partition_of(item.envelope.subject, self.partitions)
+                if actual != self.partition:
+                    verdict = (
+                        f"forged: {item.envelope.source}:{item.envelope.sequence} is in"
+                        f" partition {actual}, not {self.partition}"
+                    )
             if verdict is not None:
                 items[n] = replace(item, event=None, error=verdict, forged=True)
 
@@ -362,6 +383,7 @@ class BatchApplier:
                 upto=max(sequences),
                 carried=sequences,
                 limit=self._fill_limit,
+                partition=None if self.partition is None else (self.partition, self.partitions),
             )
             for body in bodies:
                 intake = read_message(body, self._decoder)
@@ -463,7 +485,7 @@ class BatchApplier:
         positions: dict[str, TrackedPosition],
         msgs: Sequence[Msg],
     ) -> None:
-        name = self.projection.name
+        name = self.key
         for log, new in positions.items():
             old = self.positions.get(log, _ZERO)
             if new.position == old.position:

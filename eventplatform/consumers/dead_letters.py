@@ -42,6 +42,7 @@ from psycopg import sql
 from eventplatform.errors import EventPlatformError
 from eventplatform.messagebus.cloudevents import CloudEvent
 from eventplatform.messagebus.nats_broker import StreamSpec
+from eventplatform.redaction import redact
 from eventplatform.store.schema import DEAD_LETTERS
 
 logger = logging.getLogger(__name__)
@@ -67,19 +68,30 @@ def is_dead_letter_subject(prefix: str, subject: str) -> bool:
     return subject.startswith(f"{prefix}_dlq.")
 
 
-def dead_letter_stream(stream: str, prefix: str, *, replicas: int = 1) -> StreamSpec:
+def dead_letter_stream(
+    stream: str,
+    prefix: str,
+    *,
+    replicas: int = 1,
+    max_age: float = 0.0,
+    max_bytes: int = -1,
+) -> StreamSpec:
     """The stream that keeps dead-letter announcements: ``<STREAM>_DLQ`` on ``<prefix>_dlq.>``.
 
     Args:
         stream: the event stream's name.
         prefix: the event stream's subject prefix.
         replicas: as the event stream's.
+        max_age: seconds an announcement is kept (0: for ever; the table keeps the record).
+        max_bytes: bytes the stream keeps (-1: no limit).
     """
     return StreamSpec(
         name=f"{stream}_DLQ",
         subjects=(f"{prefix}_dlq.>",),
         duplicate_window=120.0,
         replicas=replicas,
+        max_age=max_age,
+        max_bytes=max_bytes,
     )
 
 
@@ -177,7 +189,7 @@ class PostgresDeadLetters:
             envelope.source if envelope else None,
             envelope.subject if envelope else None,
             envelope.sequence if envelope else None,
-            safe_text(error, MAX_ERROR_LENGTH),
+            safe_text(redact(error), MAX_ERROR_LENGTH),
             min(max(attempts, 0), 2**31 - 1),
             bytes(body),
             encode_headers(headers),
@@ -190,7 +202,7 @@ class PostgresDeadLetters:
             # Should be impossible (every value above is made safe); never lose the message
             # over it: keep what cannot be refused, and say why the rest is missing.
             logger.error("dead letter of %s recorded without its details: %r", consumer, e)
-            minimal = f"{safe_text(error, MAX_ERROR_LENGTH)} (details refused: {e!r})"
+            minimal = f"{safe_text(redact(error), MAX_ERROR_LENGTH)} (details refused: {e!r})"
             cur.execute(
                 self._insert_minimal,
                 (safe_text(consumer), safe_text(minimal, MAX_ERROR_LENGTH), 1, bytes(body)),
@@ -251,7 +263,7 @@ class PostgresDeadLetters:
             sql.SQL("UPDATE {} SET error = %s, attempts = attempts + 1 WHERE id = %s").format(
                 sql.Identifier(DEAD_LETTERS)
             ),
-            (error, dead_letter_id),
+            (safe_text(redact(error), MAX_ERROR_LENGTH), dead_letter_id),
         )
 
     def lock(self, cur: psycopg.Cursor[Any], dead_letter_id: int) -> DeadLetter | None:

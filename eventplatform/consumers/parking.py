@@ -28,8 +28,10 @@ from eventplatform.consumers.dead_letters import PostgresDeadLetters, encode_hea
 from eventplatform.consumers.decoding import EventDecoder
 from eventplatform.consumers.projection import Projection
 from eventplatform.consumers.verification import StoreVerifier
+from eventplatform.consumers.versions import PostgresProjectionVersions
 from eventplatform.errors import DecodeError, EventPlatformError, ProjectionError
 from eventplatform.messagebus import cloudevents
+from eventplatform.partitions import partition_label, partition_of
 from eventplatform.store.postgres import translate
 from eventplatform.store.schema import DEAD_LETTERS, PARKED_EVENTS
 
@@ -57,6 +59,14 @@ class PostgresParking:
             "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
             (f"eventplatform.parking:{consumer}",),
         )
+
+    def lock_for(self, cur: psycopg.Cursor[Any], consumer: str, aggregate: str | None) -> None:
+        """Takes the lock the live worker of ``aggregate``'s partition takes for its batches
+        (the projection's own lock when it is not partitioned)."""
+        n = PostgresProjectionVersions().partitions(cur, consumer)
+        if n > 1 and aggregate is not None:
+            consumer = partition_label(consumer, partition_of(aggregate, n), n)
+        self.lock(cur, consumer)
 
     def parked_aggregates(
         self, cur: psycopg.Cursor[Any], consumer: str, aggregates: Collection[str]
@@ -165,7 +175,8 @@ def release(
     failure: Exception | None = None
     try:
         with conn.transaction(), conn.cursor() as cur:
-            parking.lock(cur, projection.name)
+            found = letters.get(cur, dead_letter_id)
+            parking.lock_for(cur, projection.name, found.aggregate if found else None)
             letter = letters.lock_owned(cur, dead_letter_id, projection.name)
             if letter.status != "open":
                 return ReleaseResult("not open", 0)
@@ -234,7 +245,7 @@ def discard(conn: psycopg.Connection[Any], dead_letter_id: int, *, force: bool) 
             if letter is None:
                 msg = f"no dead letter with id {dead_letter_id}"
                 raise EventPlatformError(msg)
-            parking.lock(cur, letter.consumer)
+            parking.lock_for(cur, letter.consumer, letter.aggregate)
             letter = letters.lock_owned(cur, dead_letter_id, letter.consumer)
             if letter.status != "open":
                 return DiscardResult("not open", 0)

@@ -22,6 +22,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool
@@ -49,7 +51,7 @@ from eventplatform.leases.leadership import (
     new_holder_id,
     projection_lease,
 )
-from eventplatform.messagebus.nats_broker import NatsBroker, probe, stream_spec
+from eventplatform.messagebus.nats_broker import NatsBroker
 from eventplatform.settings import Settings
 from eventplatform.store.postgres import connect_async
 
@@ -89,29 +91,6 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-async def connect_broker(broker: NatsBroker, servers: list[str], stop: asyncio.Event) -> bool:
-    """Connects ``broker`` unless connected, retrying while NATS is away.
-
-    Probes first: nats-py retries a refused first connection forever inside ``connect()``
-    and does not honour cancellation there, so a worker started during an outage could never
-    be stopped.
-
-    Returns:
-        True when connected, False when ``stop`` was set first.
-    """
-    outage = Outage("NATS connection")
-    while not stop.is_set():
-        if broker.connected:
-            outage.over()
-            return True
-        try:
-            await probe(servers)
-            await broker.connect()
-        except BrokerUnavailable as e:
-            await outage.wait(stop, e)
-    return False
-
-
 async def run_projection(
     settings: Settings,
     projection: Projection,
@@ -132,7 +111,7 @@ async def run_projection(
         holder: this worker's holder id in the lease table (default ``host:pid:random``).
     """
     dsn = settings.require_dsn()
-    broker = NatsBroker(settings.nats_servers, name=f"projection-{projection.name}")
+    broker = NatsBroker.from_settings(settings, name=f"projection-{projection.name}")
     pool: ConnectionPool[Any] = ConnectionPool(
         dsn, min_size=1, max_size=2, open=False, kwargs={"autocommit": False}
     )
@@ -143,7 +122,9 @@ async def run_projection(
         pool.open(wait=False)
         while not stop.is_set():
             try:
-                if not await connect_broker(broker, settings.nats_servers, stop):
+                if not broker.connected and not await broker.connect_until(
+                    stop, what=f"projection {projection.name}", log=logger
+                ):
                     break
                 await ensure_consumer_streams(broker, settings)
                 await _lead_projection(
@@ -223,11 +204,32 @@ async def _lead_projection(
 
 
 async def ensure_consumer_streams(broker: NatsBroker, settings: Settings) -> None:
-    """Creates or checks the streams a consumer needs: the events and its dead letters."""
-    await broker.ensure_stream(stream_spec(settings))
+    """Checks that the event stream exists and creates or updates the dead-letter stream.
+
+    The relay owns the event stream (it creates it and sets its limits; NATS authorisation
+    lets consumers only read it): a consumer started first waits for it.
+
+    Raises:
+        BrokerUnavailable: the event stream does not exist yet, or NATS did not answer.
+    """
+    try:
+        await broker.js.stream_info(settings.stream)
+    except nats.js.errors.NotFoundError as e:
+        msg = (
+            f"the event stream {settings.stream!r} does not exist yet: the relay creates it"
+            " (start it, or check APP_STREAM)"
+        )
+        raise BrokerUnavailable(msg) from e
+    except (TimeoutError, nats.errors.Error) as e:
+        msg = f"JetStream unavailable while checking stream {settings.stream!r}: {e!r}"
+        raise BrokerUnavailable(msg) from e
     await broker.ensure_stream(
         dead_letter_stream(
-            settings.stream, settings.subject_prefix, replicas=settings.stream_replicas
+            settings.stream,
+            settings.subject_prefix,
+            replicas=settings.stream_replicas,
+            max_age=settings.dlq_max_age,
+            max_bytes=settings.dlq_max_bytes,
         )
     )
 
@@ -244,7 +246,7 @@ async def run_handler(
     Several may run for one handler: they share its durable consumer, and the marker row per
     event id keeps each effect exactly-once whichever of them processes an event.
     """
-    broker = NatsBroker(settings.nats_servers, name=f"handler-{handler.name}")
+    broker = NatsBroker.from_settings(settings, name=f"handler-{handler.name}")
     pool: ConnectionPool[Any] = ConnectionPool(
         settings.require_dsn(), min_size=1, max_size=2, open=False, kwargs={"autocommit": False}
     )
@@ -259,7 +261,9 @@ async def run_handler(
         pool.open(wait=False)
         while not stop.is_set():
             try:
-                if not await connect_broker(broker, settings.nats_servers, stop):
+                if not broker.connected and not await broker.connect_until(
+                    stop, what=f"handler {handler.name}", log=logger
+                ):
                     break
                 if not consumer.started:
                     await ensure_consumer_streams(broker, settings)

@@ -12,10 +12,9 @@ are checked against the stored event at that position, in the consumer's own tra
 * the message's ``data`` is the stored event's (the relay splices the stored bytes verbatim,
   so a byte comparison almost always settles it; otherwise the parsed JSON is compared).
 
-What "the stored event's" time, schema version and data are is read from the stored state by
-:func:`~eventplatform.messagebus.cloudevents.wire_state`, the very function the relay's
-``encode`` uses, and gaps are filled with ``encode`` itself: an event stored in an older form
-(tagged values) is converted the same way on both sides, so it verifies as genuine.
+Both the comparison and the gap fill come from :mod:`eventplatform.messagebus.stored`, the
+relay's own definition of a stored event's message, so an event stored in the older tagged
+form verifies as genuine.
 
 A message that fails is *forged* (or foreign): it is dead-lettered with the reason, never
 parks an aggregate and never moves a position.
@@ -30,29 +29,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
-import orjson
 import psycopg
 from psycopg import sql
 
-from eventplatform.errors import ConfigurationError, DecodeError
-from eventplatform.messagebus.cloudevents import CloudEvent, encode, event_id, wire_state
+from eventplatform.errors import ConfigurationError
+from eventplatform.messagebus.cloudevents import CloudEvent
+from eventplatform.messagebus.stored import StoredEvent, difference, message_for
+from eventplatform.partitions import partition_sql
 from eventplatform.store.schema import events_table
 
 #: ``store``: check every message against the event store (default); ``broker``: trust what
 #: NATS authorisation lets through (for read models in another database).
 Verification = Literal["store", "broker"]
 VERIFICATIONS: tuple[Verification, ...] = ("store", "broker")
-
-
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    aggregate: str
-    version: int
-    topic: str
-    state: bytes
 
 
 class StoreVerifier:
@@ -112,6 +103,7 @@ class StoreVerifier:
         upto: int,
         carried: set[int],
         limit: int,
+        partition: tuple[int, int] | None = None,
     ) -> tuple[list[bytes], int]:
         """The stored events in ``after < id <= upto`` that ``carried`` lacks, as messages.
 
@@ -126,6 +118,7 @@ class StoreVerifier:
             upto: the highest position the batch carries.
             carried: the positions the batch carries.
             limit: at most this many stored events are looked at.
+            partition: ``(k, n)``: only events of partition k of n are looked at.
 
         Returns:
             The missing events' messages in log order, and the highest position looked at
@@ -133,11 +126,16 @@ class StoreVerifier:
         """
         if self.mode == "broker" or not self._has_table(cur, log):
             return [], upto
+        only: sql.Composable = sql.SQL("")
+        if partition is not None:
+            only = sql.SQL(" AND {} = {}").format(
+                partition_sql("originator_id", partition[1]), sql.Literal(partition[0])
+            )
         cur.execute(
             sql.SQL(
                 "SELECT notification_id FROM {} WHERE notification_id > %s"
-                " AND notification_id <= %s ORDER BY notification_id LIMIT %s"
-            ).format(sql.Identifier(events_table(log))),
+                " AND notification_id <= %s{} ORDER BY notification_id LIMIT %s"
+            ).format(sql.Identifier(events_table(log)), only),
             (after, upto, limit),
         )
         ids = [int(r[0]) for r in cur.fetchall()]
@@ -146,20 +144,10 @@ class StoreVerifier:
         if not gaps:
             return [], reached
         stored = self._stored(cur, log, gaps)
-        return [
-            encode(
-                log=log,
-                notification_id=n,
-                aggregate_id=stored[n].aggregate,
-                version=stored[n].version,
-                topic=stored[n].topic,
-                state=stored[n].state,
-            )
-            for n in gaps
-        ], reached
+        return [message_for(stored[n]) for n in gaps], reached
 
     @staticmethod
-    def _stored(cur: psycopg.Cursor[Any], log: str, positions: list[int]) -> dict[int, _Stored]:
+    def _stored(cur: psycopg.Cursor[Any], log: str, positions: list[int]) -> dict[int, StoredEvent]:
         cur.execute(
             sql.SQL(
                 "SELECT notification_id, originator_id, originator_version, topic, state"
@@ -168,39 +156,13 @@ class StoreVerifier:
             (positions,),
         )
         return {
-            int(r[0]): _Stored(str(r[1]), int(r[2]), str(r[3]), bytes(r[4])) for r in cur.fetchall()
+            int(r[0]): StoredEvent(log, int(r[0]), r[1], int(r[2]), str(r[3]), bytes(r[4]))
+            for r in cur.fetchall()
         }
 
 
-def _compare(envelope: CloudEvent, stored: _Stored | None) -> str | None:
-    where = f"{envelope.source}:{envelope.sequence}"
+def _compare(envelope: CloudEvent, stored: StoredEvent | None) -> str | None:
     if stored is None:
-        return f"forged position: the store holds no event at {where}"
-    claimed = (envelope.subject, envelope.aggregate_version, envelope.type)
-    actual = (stored.aggregate, stored.version, stored.topic)
-    if claimed != actual:
-        return (
-            f"forged: {where} is {stored.topic} v{stored.version} of {stored.aggregate} in the "
-            f"store, the message claims {envelope.type} v{envelope.aggregate_version} of "
-            f"{envelope.subject}"
-        )
-    if envelope.id != event_id(stored.aggregate, stored.version):
-        return f"forged: the CloudEvents id of {where} is not {envelope.id}"
-    try:
-        wire = wire_state(stored.state)
-    except DecodeError as e:
-        return f"unverifiable: the stored state of {where} cannot be published: {e}"
-    if envelope.schema_version != wire.class_version:
-        return f"forged: the dataschema of {where} is not the stored event's"
-    if not _same_data(envelope, wire.data):
-        return f"forged: the data of {where} differs from the stored event"
-    if envelope.time != wire.time:
-        return f"forged: the time of {where} is not the stored event's"
-    return None
-
-
-def _same_data(envelope: CloudEvent, data: bytes) -> bool:
-    # The relay writes '..., "data": <stored data>}' with the bytes spliced in verbatim.
-    if envelope.raw and envelope.raw.endswith(b'"data":' + data + b"}"):
-        return True
-    return bool(orjson.loads(data) == envelope.data)
+        return f"forged position: the store holds no event at {envelope.source}:{envelope.sequence}"
+    different = difference(envelope, stored)
+    return None if different is None else f"forged: {different}"

@@ -18,7 +18,8 @@ import psycopg.errors
 from psycopg import sql
 
 from eventplatform.consumers.projection import Projection
-from eventplatform.store.schema import PROJECTION_VERSIONS
+from eventplatform.errors import ConfigurationError
+from eventplatform.store.schema import PROJECTION_VERSIONS, TRACKING
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,52 @@ class PostgresProjectionVersions:
                 projection.version,
             )
         return serving
+
+    _partitions = sql.SQL("SELECT partitions FROM {} WHERE projection = %s").format(
+        sql.Identifier(PROJECTION_VERSIONS)
+    )
+    _partitions_locked = sql.SQL(
+        "SELECT partitions FROM {} WHERE projection = %s FOR UPDATE"
+    ).format(sql.Identifier(PROJECTION_VERSIONS))
+    _set_partitions = sql.SQL("UPDATE {} SET partitions = %s WHERE projection = %s").format(
+        sql.Identifier(PROJECTION_VERSIONS)
+    )
+    _tracked = sql.SQL(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE projection = %s OR projection LIKE %s)"
+    ).format(sql.Identifier(TRACKING))
+
+    def partitions(self, cur: psycopg.Cursor[Any], projection: str) -> int:
+        """The partitions ``projection``'s positions are kept in (1 when unrecorded)."""
+        cur.execute(self._partitions, (projection,))
+        row = cur.fetchone()
+        return 1 if row is None else int(row[0])
+
+    def adopt_partitions(self, cur: psycopg.Cursor[Any], projection: Projection, n: int) -> None:
+        """Records that ``projection`` runs in ``n`` partitions, or refuses a change.
+
+        Positions are kept per partition: a projection that applied anything under one
+        partitioning cannot go on under another (its positions would start again at 0 and
+        every event would apply twice). It must be rebuilt, or its tracking reset.
+
+        Raises:
+            ConfigurationError: it was run with another number of partitions.
+        """
+        cur.execute(self._insert_missing, (projection.name, projection.version))
+        cur.execute(self._partitions_locked, (projection.name,))
+        row = cur.fetchone()
+        recorded = 1 if row is None else int(row[0])
+        if recorded == n:
+            return
+        cur.execute(self._tracked, (projection.name, f"{projection.name}#%"))
+        tracked = cur.fetchone()
+        if tracked is not None and tracked[0]:
+            msg = (
+                f"projection {projection.name!r} keeps its positions in {recorded} partition(s),"
+                f" APP_PARTITIONS is {n}: run it with APP_PARTITIONS={recorded}, or rebuild it"
+                " under the new partitioning (eventplatform rebuild --restart)"
+            )
+            raise ConfigurationError(msg)
+        cur.execute(self._set_partitions, (n, projection.name))
 
 
 def adopt_version(conn: psycopg.Connection[Any], projection: Projection) -> int | None:

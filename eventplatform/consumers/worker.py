@@ -42,7 +42,7 @@ from eventplatform.consumers.intake import Intake, read_message
 from eventplatform.consumers.projection import Projection
 from eventplatform.consumers.retry import RetryPolicy, Sleep
 from eventplatform.consumers.verification import StoreVerifier, Verification
-from eventplatform.consumers.versions import adopt_version
+from eventplatform.consumers.versions import PostgresProjectionVersions, adopt_version
 from eventplatform.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -80,6 +80,9 @@ class WorkerConfig:
         idle_timeout: seconds PostgreSQL lets a batch transaction sit idle before it ends it
             (a hung worker's locks go with it).
         durable: the JetStream consumer's name (default: the projection's name, NATS-safe).
+        partition: the partition this worker applies (None: not partitioned); its
+            ``filter_subject`` must be that partition's (``<prefix>.<k>.>``).
+        partitions: the stream's partitions (``APP_PARTITIONS``).
     """
 
     stream: str
@@ -92,9 +95,15 @@ class WorkerConfig:
     verification: Verification = "store"
     idle_timeout: float = 5.0
     durable: str = ""
+    partition: int | None = None
+    partitions: int = 1
 
     def __post_init__(self) -> None:
         problems = []
+        if self.partition is not None and not 0 <= self.partition < self.partitions:
+            problems.append(
+                f"partition must be within 0..{self.partitions - 1}, got {self.partition}"
+            )
         if not 1 <= self.batch_size <= 10_000:
             problems.append(f"batch_size must be within 1..10000, got {self.batch_size}")
         if not 0 < self.fetch_timeout <= 60:
@@ -121,13 +130,26 @@ def durable_name(projection: Projection) -> str:
     return consumer_name(projection.name)
 
 
-def term_consumer_name(projection: Projection, token: int) -> str:
-    """The consumer of one lease term: ``<projection>-t<token>``."""
-    return f"{durable_name(projection)}-t{token}"
+def term_consumer_name(projection: Projection, token: int, partition: int | None = None) -> str:
+    """The consumer of one lease term: ``<projection>-t<token>``, or ``<projection>-p<k>-t<token>``
+    for partition k."""
+    return f"{_base_name(projection, partition)}-t{token}"
+
+
+def _base_name(projection: Projection, partition: int | None) -> str:
+    base = durable_name(projection)
+    return base if partition is None else f"{base}-p{partition}"
 
 
 def _noop() -> None:
     return None
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Marks a fetch ahead's failure as seen: whoever awaits it raises it; nobody may, when
+    the worker is dropped (a lost lease, a closed broker)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class ProjectionWorker:
@@ -173,6 +195,8 @@ class ProjectionWorker:
             fence=fence,
             idle_timeout=config.idle_timeout,
             decoder=self._decoder,
+            partition=config.partition,
+            partitions=config.partitions,
         )
         self.durable = config.durable or durable_name(projection)
         self._sub: Any = None
@@ -239,7 +263,7 @@ class ProjectionWorker:
         )
 
     async def _delete_earlier_consumers(self) -> None:
-        base = durable_name(self.projection)
+        base = _base_name(self.projection, self._config.partition)
         earlier = re.compile(rf"^{re.escape(base)}(-t\d+)?$")
         js = self._broker.js
         for consumer in await js.consumers_info(self._config.stream):
@@ -253,6 +277,10 @@ class ProjectionWorker:
         settled = self._batches.load()
         with self._pool.connection() as conn:
             adopt_version(conn, self.projection)  # warns when a rebuild is due
+            with conn.transaction(), conn.cursor() as cur:
+                PostgresProjectionVersions().adopt_partitions(
+                    cur, self.projection, self._config.partitions
+                )
         return settled
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -286,6 +314,7 @@ class ProjectionWorker:
         if not msgs:
             return BatchResult()
         self._next = asyncio.create_task(self._fetch_and_read())
+        self._next.add_done_callback(_retrieved)
         # Keep the messages ours while we apply and retry, instead of having them redelivered.
         async with keep_alive(msgs, self._config.ack_wait / 3):
             result, letters = await self._settle(msgs, intakes)

@@ -8,7 +8,7 @@ event it claims to carry. Three verdicts:
 * **genuine**: the relay's CloudEvent of that stored event (same bytes, or the same envelope
   attributes and the same ``data``: a relay of another version may lay the JSON out otherwise;
   or, for an event stored in the tagged form, the very bytes relays published before the
-  plain layout, see :func:`~eventplatform.messagebus.cloudevents.encode_tagged`);
+  plain layout: :func:`~eventplatform.messagebus.stored.message_before_plain`);
 * **from a relay, for another event** (foreign): a consistent CloudEvent of this log
   (``source`` is the log, ``sequence`` the claimed id, ``id`` the deterministic id of its
   ``subject`` and ``aggregateversion``) of another event than the stored one: what another
@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import enum
 
-import orjson
-
 from eventplatform.errors import DecodeError
 from eventplatform.messagebus import cloudevents
+from eventplatform.messagebus.stored import (
+    StoredEvent,
+    difference,
+    message_before_plain,
+    message_for,
+)
 from eventplatform.relay.event_log import Notification
 
 
@@ -40,13 +44,9 @@ class Verdict(enum.Enum):
     FORGED = "forged"
 
 
-def expected_body(log: str, notification: Notification) -> bytes:
-    """The body the relay publishes for ``notification``.
-
-    Raises:
-        DecodeError: the stored state is not a JSON object (it cannot be relayed at all).
-    """
-    return cloudevents.encode(
+def stored_event(log: str, notification: Notification) -> StoredEvent:
+    """``notification`` of ``log`` as the wire sees it."""
+    return StoredEvent(
         log=log,
         notification_id=notification.id,
         aggregate_id=notification.originator_id,
@@ -54,6 +54,15 @@ def expected_body(log: str, notification: Notification) -> bytes:
         topic=notification.topic,
         state=notification.state,
     )
+
+
+def expected_body(log: str, notification: Notification) -> bytes:
+    """The body the relay publishes for ``notification``.
+
+    Raises:
+        DecodeError: the stored state is not a JSON object (it cannot be relayed at all).
+    """
+    return message_for(stored_event(log, notification))
 
 
 def judge(body: bytes, log: str, claimed: int, stored: Notification | None) -> Verdict:
@@ -79,34 +88,15 @@ def judge(body: bytes, log: str, claimed: int, stored: Notification | None) -> V
 
 def carries(body: bytes, log: str, stored: Notification) -> bool:
     """Whether ``body`` is the relay's CloudEvent of the stored event ``stored``."""
+    event = stored_event(log, stored)
     try:
-        if body == expected_body(log, stored):
+        if body == message_for(event):
             return True  # the usual case: this very encoder wrote it
-        if body == cloudevents.encode_tagged(
-            log=log,
-            notification_id=stored.id,
-            aggregate_id=stored.originator_id,
-            version=stored.originator_version,
-            topic=stored.topic,
-            state=stored.state,
-        ):
+        if body == message_before_plain(event):
             return True  # a relay from before the plain layout published it
-        wire = cloudevents.wire_state(stored.state)
-        event = cloudevents.decode(body)
-        expected_data = orjson.loads(wire.data)
-    except (DecodeError, orjson.JSONDecodeError):
+        return difference(cloudevents.decode(body), event) is None
+    except DecodeError:
         return False
-    return (
-        event.source == log
-        and event.sequence == stored.id
-        and event.type == stored.topic
-        and event.subject == str(stored.originator_id)
-        and event.aggregate_version == stored.originator_version
-        and event.id == cloudevents.event_id(stored.originator_id, stored.originator_version)
-        and event.time == wire.time
-        and event.schema_version == wire.class_version
-        and event.data == expected_data
-    )
 
 
 def looks_relayed(body: bytes, log: str, claimed: int) -> bool:

@@ -41,6 +41,7 @@ from eventplatform.backoff import backoff, sleep_or_stop
 from eventplatform.errors import BrokerUnavailable, PublishError
 from eventplatform.messagebus import cloudevents
 from eventplatform.messagebus.nats_broker import NatsBroker, OutgoingMessage
+from eventplatform.partitions import partition_of, partitioned_subject
 from eventplatform.relay.event_log import Notification, PostgresEventLog
 from eventplatform.relay.fencing import (
     FencedPublisher,
@@ -119,6 +120,9 @@ class RelayConfig:
         ack_timeout: seconds to wait for a batch's acks.
         retry_initial: first back-off after a failure, in seconds.
         retry_max: the back-off's cap, in seconds.
+        partitions: with more than 1, each subject gets the aggregate's partition right after
+            ``subject_prefix`` (:mod:`eventplatform.messagebus.partitions`).
+        subject_prefix: the prefix the partition token follows.
     """
 
     stream: str = "EVENTS"
@@ -127,6 +131,8 @@ class RelayConfig:
     ack_timeout: float = 10.0
     retry_initial: float = 0.1
     retry_max: float = 5.0
+    partitions: int = 1
+    subject_prefix: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,6 +563,13 @@ class Relay:
         previous: str | None = None
         for n in notifications:
             subject = self._mapper(n.topic)
+            if subject is not None and self._config.partitions > 1:
+                # None when the mapper routed outside the prefix: no partition can take it.
+                subject = partitioned_subject(
+                    subject,
+                    self._config.subject_prefix,
+                    partition_of(n.originator_id, self._config.partitions),
+                )
             if subject is None:
                 prepared.unrouted.append((n.id, n.topic))
                 continue

@@ -13,7 +13,14 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from eventplatform.backoff import backoff, sleep_or_stop
+from eventplatform.backoff import (
+    STOP_GRACE,
+    Stopped,
+    backoff,
+    sleep_or_stop,
+    until_stopped,
+    within_grace,
+)
 from eventplatform.errors import BrokerUnavailable, StoreUnavailable
 from eventplatform.leases.leadership import (
     Leadership,
@@ -23,7 +30,7 @@ from eventplatform.leases.leadership import (
     new_holder_id,
     relay_lease,
 )
-from eventplatform.messagebus.nats_broker import NatsBroker, probe, stream_spec
+from eventplatform.messagebus.nats_broker import NatsBroker, stream_spec
 from eventplatform.relay.event_log import PostgresEventLog
 from eventplatform.relay.positions import PostgresRelayPositions
 from eventplatform.relay.relay import Relay, RelayConfig, RelayedBatch
@@ -49,7 +56,10 @@ async def run_relay(
     over within ``lease.takeover_bound`` seconds when it dies, hangs or loses its database.
     Lost connections to PostgreSQL or NATS are retried with capped back-off and jitter,
     logged once per episode; none ends this coroutine. On ``stop`` the current batch's acks
-    are awaited, its position recorded and the lease released.
+    are awaited, its position recorded and the lease released; whatever still waits after
+    :data:`~eventplatform.backoff.STOP_GRACE` seconds (a connect with a wrong password, acks
+    from a NATS that went away, a hung database) is cancelled, so this returns within about a
+    second in every state. What was cancelled was not recorded and is relayed again later.
 
     Args:
         settings: platform settings.
@@ -65,55 +75,70 @@ async def run_relay(
     """
     settings.require_dsn()
     settings.require_log()
-    broker = NatsBroker(
-        settings.nats_servers,
-        name=f"relay-{settings.log}",
-        max_in_flight=settings.relay_max_in_flight,
+    broker = NatsBroker.from_settings(
+        settings, name=f"relay-{settings.log}", max_in_flight=settings.relay_max_in_flight
     )
     holder = holder or new_holder_id()
     lease = lease or LeaseConfig(ttl=settings.relay_lease_ttl)
-    failures = 0
     try:
-        if not await _relay_broker_ready(broker, settings, stop):
-            return
-        while not stop.is_set():
-            try:
-                await _lead(settings, broker, stop, mapper, on_batch, lease, holder)
-            except StoreUnavailable as e:
-                failures += 1
-                if failures == 1:
-                    logger.warning("relay lost PostgreSQL: %s; reconnecting", e)
-                await sleep_or_stop(stop, backoff(failures, 0.2, 5.0))
-                continue
-            except LeaseLost as e:
-                logger.warning("relay of %r steps down: %s", settings.log, e)
-                continue
-            if failures:
-                logger.info("relay reconnected to PostgreSQL after %d retries", failures)
-            failures = 0
+        await within_grace(
+            stop, _serve(settings, broker, stop, mapper, on_batch, lease, holder), STOP_GRACE
+        )
     finally:
         await broker.close()
 
 
-async def _relay_broker_ready(broker: NatsBroker, settings: Settings, stop: asyncio.Event) -> bool:
-    """Connects and ensures the stream, retrying while NATS is away; False if stopped first."""
+async def _serve(
+    settings: Settings,
+    broker: NatsBroker,
+    stop: asyncio.Event,
+    mapper: TopicMapper | None,
+    on_batch: Callable[[RelayedBatch], None] | None,
+    lease: LeaseConfig,
+    holder: str,
+) -> None:
+    """Reaches NATS, then leads or stands by, reconnecting to PostgreSQL, until ``stop``."""
     failures = 0
-    connected = False
+    if not await _relay_broker_ready(broker, settings, stop):
+        return
     while not stop.is_set():
         try:
-            if not connected:
-                await probe(settings.nats_servers)
-                await broker.connect()
-                connected = True
-            await broker.ensure_stream(stream_spec(settings))
-            if failures:
-                logger.info("relay reached NATS after %d retries", failures)
-            return True
+            await _lead(settings, broker, stop, mapper, on_batch, lease, holder)
+        except StoreUnavailable as e:
+            failures += 1
+            if failures == 1:
+                logger.warning("relay lost PostgreSQL: %s; reconnecting", e)
+            await sleep_or_stop(stop, backoff(failures, 0.2, 5.0))
+            continue
+        except LeaseLost as e:
+            logger.warning("relay of %r steps down: %s", settings.log, e)
+            continue
+        if failures:
+            logger.info("relay reconnected to PostgreSQL after %d retries", failures)
+        failures = 0
+
+
+async def _relay_broker_ready(broker: NatsBroker, settings: Settings, stop: asyncio.Event) -> bool:
+    """Connects and ensures the stream, retrying while NATS is away; False if stopped first."""
+    what = "relay"
+    failures = 0
+    while not stop.is_set():
+        if not await broker.connect_until(stop, what=what, log=logger):
+            return False
+        try:
+            await until_stopped(stop, broker.ensure_stream(stream_spec(settings)))
+        except Stopped:
+            return False
         except BrokerUnavailable as e:
             failures += 1
             if failures == 1:
-                logger.warning("relay cannot reach NATS: %s; retrying", e)
+                logger.warning("%s cannot reach JetStream: %s; retrying", what, e)
+            await broker.close()
             await sleep_or_stop(stop, backoff(failures, 0.2, 2.0))
+            continue
+        if failures:
+            logger.info("%s reached JetStream after %d retries", what, failures)
+        return True
     return False
 
 
@@ -154,6 +179,8 @@ async def _lead(
                         stream=settings.stream,
                         batch_size=settings.relay_batch_size,
                         poll_interval=settings.relay_poll_interval,
+                        partitions=settings.partitions,
+                        subject_prefix=settings.subject_prefix,
                     ),
                     on_batch=on_batch,
                     lease=leadership,

@@ -6,6 +6,7 @@ the outbox cursor the relay follows and the position a caller waits for to read 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +17,10 @@ from eventsourcing.persistence import IntegrityError, Mapper, OperationalError, 
 from eventsourcing.persistence import InterfaceError as ESInterfaceError
 
 from eventplatform.errors import ConcurrencyConflict, ConfigurationError, StoreUnavailable
+from eventplatform.redaction import redact
 from eventplatform.settings import LOG_NAME, Settings
 from eventplatform.store.mapper import PlainJSONMapper
-from eventplatform.store.postgres import eventsourcing_env
+from eventplatform.store.postgres import eventsourcing_env, why_unreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +73,20 @@ class EventSourcedApplication(Application[UUID]):
         env: Mapping[str, str] | None = None,
     ) -> None:
         check_log_name(type(self))
-        super().__init__(
-            env=eventsourcing_env(
-                settings.require_dsn(),
-                pool_size=settings.pool_size,
-                create_table=create_table,
-                extra=env,
+        dsn = self._dsn = settings.require_dsn()
+        try:
+            # eventsourcing connects here already (it registers its type adapters).
+            super().__init__(
+                env=eventsourcing_env(
+                    dsn, pool_size=settings.pool_size, create_table=create_table, extra=env
+                )
             )
-        )
+        except (OperationalError, ESInterfaceError) as e:
+            # Close the pool eventsourcing opened, now: left to the garbage collector, its
+            # close may run on one of the pool's own threads and fail there.
+            with contextlib.suppress(Exception):
+                self.close()
+            raise _unavailable(dsn, f"opening the event store {self.name!r}", e) from e
 
     def construct_mapper(self) -> Mapper[UUID]:
         """Events are stored as plain JSON (:class:`~eventplatform.store.mapper.PlainJSONMapper`).
@@ -102,8 +110,7 @@ class EventSourcedApplication(Application[UUID]):
             msg = f"concurrent update of the same aggregate in {self.name!r}: {e}"
             raise ConcurrencyConflict(msg) from e
         except (OperationalError, ESInterfaceError) as e:
-            msg = f"event store unavailable while saving to {self.name!r}: {e}"
-            raise StoreUnavailable(msg) from e
+            raise _unavailable(self._dsn, f"saving to {self.name!r}", e) from e
 
     def execute(self, aggregate: Any) -> CommandResult:
         """Saves one aggregate's pending events and reports where they landed.
@@ -120,6 +127,12 @@ class EventSourcedApplication(Application[UUID]):
             version=aggregate.version,
             position=position_of(recordings),
         )
+
+
+def _unavailable(dsn: str, what: str, e: Exception) -> StoreUnavailable:
+    reason = why_unreachable(dsn) if "couldn't get a connection" in str(e) else ""
+    detail = f"{e}: {reason}" if reason else str(e)
+    return StoreUnavailable(redact(f"event store unavailable while {what}: {detail}"))
 
 
 def position_of(recordings: Sequence[Recording[Any]]) -> int:

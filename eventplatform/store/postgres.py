@@ -1,7 +1,9 @@
 """PostgreSQL plumbing shared by the adapters: DSN translation, connections, error mapping.
 
 eventsourcing reads ``POSTGRES_*`` variables while the platform is configured by one DSN
-(``APP_DSN``); :func:`eventsourcing_env` bridges the two so there is a single source of truth.
+(``APP_DSN``); :func:`eventsourcing_env` bridges the two so there is a single source of truth,
+and every connection, eventsourcing's included, is made from the whole DSN (TLS options and
+all). Error messages built here never show the DSN's password.
 """
 
 from __future__ import annotations
@@ -14,10 +16,20 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from eventplatform.errors import ConfigurationError, StoreUnavailable
+from eventplatform.redaction import redact
+from eventplatform.store.dsn_factory import DSN_VARIABLE, DsnPostgresFactory
 
 #: eventsourcing variables the platform refuses to see switched on (DESIGN invariant 1).
 _FORBIDDEN_TRUE = ("POSTGRES_ENABLE_DB_FUNCTIONS",)
 _TRUE = {"y", "yes", "t", "true", "on", "1"}
+#: eventsourcing variables that would say where to connect: APP_DSN alone says that.
+_FROM_THE_DSN = (
+    "POSTGRES_DBNAME",
+    "POSTGRES_HOST",
+    "POSTGRES_PORT",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+)
 
 
 def eventsourcing_env(
@@ -31,6 +43,9 @@ def eventsourcing_env(
 
     Workers run with ``CREATE_TABLE=n``: tables are created once by the schema command,
     because eventsourcing's ``create_table`` races when several processes run it at once.
+    Persistence is :class:`~eventplatform.store.dsn_factory.DsnPostgresFactory`, which connects
+    with the whole DSN, so ``sslmode``, ``sslrootcert``, ``target_session_attrs``, ``service``
+    and every other libpq option apply to eventsourcing's connections as to the platform's.
 
     Args:
         dsn: libpq URI or key=value connection string.
@@ -42,20 +57,30 @@ def eventsourcing_env(
         Variables for ``Application(env=...)``.
 
     Raises:
-        ConfigurationError: the DSN cannot be parsed, or an unsafe option is switched on.
+        ConfigurationError: the DSN cannot be parsed, an unsafe option is switched on, or
+            ``extra`` names where to connect (``POSTGRES_HOST``, ...: the DSN says that).
     """
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as e:
-        msg = f"APP_DSN is not a valid libpq connection string: {e}"
-        raise ConfigurationError(msg) from e
+        msg = f"APP_DSN is not a valid libpq connection string: {redact(str(e).strip())}"
+        raise ConfigurationError(msg) from None  # the cause quotes the DSN
+    overridden = sorted(set(extra or {}) & set(_FROM_THE_DSN))
+    if overridden:
+        msg = (
+            f"{', '.join(overridden)} cannot be set: APP_DSN says where and how to connect "
+            "(put host, port, user, password, dbname and TLS options in it)"
+        )
+        raise ConfigurationError(msg)
     env = {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "POSTGRES_DBNAME": str(params.get("dbname") or params.get("user") or "postgres"),
-        "POSTGRES_HOST": str(params.get("host") or "127.0.0.1"),
-        "POSTGRES_PORT": str(params.get("port") or "5432"),
-        "POSTGRES_USER": str(params.get("user") or "postgres"),
-        "POSTGRES_PASSWORD": str(params.get("password") or ""),
+        "PERSISTENCE_MODULE": f"{DsnPostgresFactory.__module__}:{DsnPostgresFactory.__name__}",
+        DSN_VARIABLE: dsn,
+        # eventsourcing insists on these; DsnPostgresFactory connects with the DSN instead.
+        "POSTGRES_DBNAME": str(params.get("dbname") or ""),
+        "POSTGRES_HOST": str(params.get("host") or ""),
+        "POSTGRES_PORT": str(params.get("port") or ""),
+        "POSTGRES_USER": str(params.get("user") or ""),
+        "POSTGRES_PASSWORD": "",
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_MAX_OVERFLOW": str(pool_size),
         "POSTGRES_PRE_PING": "y",
@@ -83,7 +108,21 @@ def translate(e: BaseException, what: str) -> StoreUnavailable:
     Returns:
         The platform error; raise it ``from e``.
     """
-    return StoreUnavailable(f"PostgreSQL unavailable while {what}: {e}".strip())
+    return StoreUnavailable(redact(f"PostgreSQL unavailable while {what}: {e}".strip()))
+
+
+def why_unreachable(dsn: str, timeout: int = 3) -> str:
+    """Why PostgreSQL refuses ``dsn``, in libpq's words (credentials masked); "" if it does not.
+
+    A pool that cannot connect reports only its timeout ("couldn't get a connection after
+    30 s"); one direct attempt, on the error path only, tells the operator the reason
+    ("server does not support SSL, but SSL was required", a wrong password, ...).
+    """
+    try:
+        with psycopg.connect(dsn, connect_timeout=timeout):
+            return ""
+    except psycopg.Error as e:
+        return redact(" ".join(str(e).split()))
 
 
 @contextmanager

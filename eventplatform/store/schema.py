@@ -213,6 +213,14 @@ def create_schema(
             lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 
 
+#: Columns added after a table was first released (idempotent).
+_ADDED_COLUMNS = [
+    # The partitions a projection's positions are kept in (issue 14): see consumers/versions.py.
+    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS partitions integer NOT NULL DEFAULT 1").format(
+        sql.Identifier(PROJECTION_VERSIONS)
+    ),
+]
+
 #: Columns an earlier version created as jsonb; they hold original headers now, as bytea.
 _JSONB_TO_BYTEA = ((DEAD_LETTERS, "headers"), (PARKED_EVENTS, "headers"))
 
@@ -224,6 +232,8 @@ def _create_platform_tables(conn: psycopg.Connection[object]) -> None:
                 conn.execute(statement)
             for table, column in _JSONB_TO_BYTEA:
                 _jsonb_to_bytea(conn, table, column)
+            for statement in _ADDED_COLUMNS:
+                conn.execute(statement)
     except psycopg.Error as e:
         msg = f"creating the platform tables failed: {e}"
         raise SchemaError(msg) from e

@@ -9,7 +9,10 @@ itself SIGKILLed runs no exit handlers: its servers then outlive it, in ``/tmp/e
 
 PostgreSQL is not started through pgserver's ``get_server()``, which listens on a unix socket
 only: its bundled ``initdb`` and ``postgres`` run directly, ``postgres -p PORT -h 127.0.0.1``.
-As root they run as an unprivileged system user, because PostgreSQL refuses to run as root.
+As root they run as ``nobody``, because PostgreSQL refuses to run as root. Nothing outside the
+server's own temp dir changes for that: no user is created, no permission is loosened. Where
+``nobody`` cannot reach the binaries (an install under a private directory such as ``/root``),
+they are copied into the temp dir instead.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from typing import Self
 from eventplatform.errors import EventPlatformError
 
 #: The unprivileged user PostgreSQL runs as when we are root (postgres refuses to run as root).
-PG_SYSTEM_USER = "eventplatform-pg"
+#: It exists on every Unix; nothing is created.
+PG_SYSTEM_USER = "nobody"
 
 
 class EmbeddedServerError(EventPlatformError):
@@ -204,8 +208,13 @@ class _ChildServer:
         self.close()
 
 
-def find_postgres_bin() -> Path | None:
-    """Where PostgreSQL's ``initdb`` and ``postgres`` are: pgserver's, else the machine's."""
+def find_postgres_bin(*, with_ssl: bool = False) -> Path | None:
+    """Where PostgreSQL's ``initdb`` and ``postgres`` are: pgserver's, else the machine's.
+
+    Args:
+        with_ssl: only a build that supports TLS (pgserver's does not; Debian's does).
+    """
+    candidates: list[Path] = []
     try:
         with warnings.catch_warnings():
             # pgserver's package import asks platformdirs for XDG_RUNTIME_DIR and warns
@@ -213,24 +222,44 @@ def find_postgres_bin() -> Path | None:
             warnings.simplefilter("ignore")
             from pgserver._commands import POSTGRES_BIN_PATH
 
-        if (Path(POSTGRES_BIN_PATH) / "postgres").exists():
-            return Path(POSTGRES_BIN_PATH)
+        candidates.append(Path(POSTGRES_BIN_PATH))
     except ImportError:
         pass
     on_path = shutil.which("pg_ctl")
-    candidates = [str(Path(on_path).parent)] if on_path else []
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    candidates += [Path(on_path).parent] if on_path else []
+    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
     for candidate in candidates:
-        if (Path(candidate) / "postgres").exists() and (Path(candidate) / "initdb").exists():
-            return Path(candidate)
+        if not ((candidate / "postgres").exists() and (candidate / "initdb").exists()):
+            continue
+        if not with_ssl or _built_with_ssl(candidate):
+            return candidate
     return None
+
+
+def _built_with_ssl(bin_dir: Path) -> bool:
+    try:
+        result = subprocess.run(
+            [str(bin_dir / "pg_config"), "--configure"], capture_output=True, check=False
+        )
+    except OSError:
+        return False
+    return b"openssl" in result.stdout
 
 
 class EmbeddedPostgres(_ChildServer):
     """A throwaway PostgreSQL with trust auth on 127.0.0.1.
 
-    As root, PostgreSQL runs as the unprivileged user ``eventplatform-pg`` (created if
-    missing), the way pgserver does it: postgres refuses to run as root.
+    As root, PostgreSQL runs as ``nobody`` (postgres refuses to run as root). Only the server's
+    temp dir is handed to that user; if ``nobody`` cannot execute the binaries where they are
+    installed, they are copied into the temp dir first. No permission outside the temp dir
+    changes and no user is created.
+
+    Args:
+        port: the TCP port (default: a free one).
+        startup_timeout: seconds to wait for it to accept connections.
+        bin_dir: where ``initdb`` and ``postgres`` are (default: :func:`find_postgres_bin`).
+        tls: a PEM certificate and key file: the server then also accepts TLS (``ssl=on``);
+            copies of them go into the data directory.
 
     Example:
         >>> with EmbeddedPostgres() as pg:  # doctest: +SKIP
@@ -239,8 +268,15 @@ class EmbeddedPostgres(_ChildServer):
 
     name = "postgres"
 
-    def __init__(self, *, port: int | None = None, startup_timeout: float = 30.0) -> None:
-        bin_dir = find_postgres_bin()
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        startup_timeout: float = 30.0,
+        bin_dir: Path | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        bin_dir = bin_dir or find_postgres_bin()
         if bin_dir is None:
             msg = (
                 "no PostgreSQL binaries found: `pip install pgserver` (or "
@@ -252,6 +288,7 @@ class EmbeddedPostgres(_ChildServer):
         super().__init__(port=port, startup_timeout=startup_timeout)
         self.data_dir = self.workdir / "data"
         self.socket_dir = self.workdir / "socket"
+        self.tls = tls
         self._user: str | None = PG_SYSTEM_USER if _is_root() else None
 
     @property
@@ -265,11 +302,7 @@ class EmbeddedPostgres(_ChildServer):
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
         if self._user is not None:
-            _ensure_system_user(self._user)
-            _make_traversable(self.bin_dir.parent)
-            _make_traversable(self.workdir)
-            for path in (self.workdir, self.data_dir, self.socket_dir):
-                shutil.chown(path, self._user, _primary_group(self._user))
+            self._hand_over_to(self._user)
         result = subprocess.run(
             [
                 str(self.bin_dir / "initdb"),
@@ -288,8 +321,68 @@ class EmbeddedPostgres(_ChildServer):
         if result.returncode != 0:
             msg = f"initdb failed: {result.stderr.decode(errors='replace')[-2000:]}"
             raise EmbeddedServerError(msg)
+        if self.tls is not None:
+            for source, name in zip(self.tls, ("server.crt", "server.key"), strict=True):
+                target = self.data_dir / name
+                shutil.copyfile(source, target)
+                target.chmod(0o600)  # postgres refuses a key others can read
+                if self._user is not None:
+                    shutil.chown(target, self._user, _primary_group(self._user))
+
+    def _hand_over_to(self, user: str) -> None:
+        """Lets ``user`` run the server: the temp dir becomes its, the binaries reachable.
+
+        Only paths inside the temp dir change. The temp dir's own parents must already let
+        others through (``/tmp`` does); the binaries are copied in when ``user`` cannot run
+        them where they are.
+        """
+        group = _primary_group(user)
+        blocked = [p for p in self.workdir.parents if not p.stat().st_mode & 0o001]
+        if blocked:
+            msg = (
+                f"PostgreSQL runs as {user!r} when started as root, and {user!r} cannot pass "
+                f"{blocked[0]}: set TMPDIR to a directory others may traverse (e.g. /tmp)"
+            )
+            raise EmbeddedServerError(msg)
+        if not self._runs_as(user):
+            self.bin_dir = self._copy_install()
+        self.workdir.chmod(0o711)  # our own temp dir: others may pass, not list
+        for path in (self.data_dir, self.socket_dir):
+            shutil.chown(path, user, group)
+
+    def _copy_install(self) -> Path:
+        """Copies the install into the temp dir, readable by all; returns the copy's bin dir.
+
+        A wheel's vendored shared libraries (``<package>.libs`` beside the package, found
+        through a relative RUNPATH) are copied along, to the same relative place.
+        """
+        install = self.bin_dir.parent
+        package = install.parent
+        root = self.workdir / "install"
+        shutil.copytree(install, root / package.name / install.name, symlinks=True)
+        for libs in package.parent.glob(f"{package.name}.libs"):
+            shutil.copytree(libs, root / libs.name, symlinks=True)
+        for path in [root, *root.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | (0o005 if path.is_dir() else 0o004))
+        return root / package.name / install.name / self.bin_dir.name
+
+    def _runs_as(self, user: str) -> bool:
+        """Whether ``user`` can run this install's ``postgres`` where it is."""
+        try:
+            result = subprocess.run(
+                [str(self.bin_dir / "postgres"), "--version"],
+                capture_output=True,
+                check=False,
+                timeout=30,
+                **_as_user(user),  # type: ignore[call-overload]
+            )
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return bool(result.returncode == 0)
 
     def _command(self) -> list[str]:
+        tls = ["-c", "ssl=on"] if self.tls is not None else []
         return [
             str(self.bin_dir / "postgres"),
             "-D",
@@ -304,13 +397,11 @@ class EmbeddedPostgres(_ChildServer):
             "max_connections=300",
             "-c",
             "shared_buffers=64MB",
+            *tls,
         ]
 
     def _popen_kwargs(self) -> dict[str, object]:
-        if self._user is None:
-            return {}
-        # Popen(user=...) alone only changes the uid: drop root's group and groups as well.
-        return {"user": self._user, "group": _primary_group(self._user), "extra_groups": []}
+        return {} if self._user is None else _as_user(self._user)
 
     def _ready(self) -> bool:
         # The postmaster writes "ready" into its own postmaster.pid once it accepts
@@ -338,11 +429,25 @@ class EmbeddedNats(_ChildServer):
 
     The store dir survives ``stop()``/``kill()`` and ``restart()``, so streams and their
     messages do too; ``close()`` (or leaving the ``with`` block) removes it.
+
+    Args:
+        port: the client port (default: a free one).
+        startup_timeout: seconds to wait for it to be ready.
+        config: a nats-server configuration file (accounts, users, permissions, TLS); the
+            port, address and store dir given here win over any in it.
+        environ: variables the configuration refers to (``$NAME``), e.g. passwords.
     """
 
     name = "nats"
 
-    def __init__(self, *, port: int | None = None, startup_timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        startup_timeout: float = 20.0,
+        config: Path | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
         binary = find_nats_server()
         if binary is None:
             msg = (
@@ -352,6 +457,8 @@ class EmbeddedNats(_ChildServer):
             )
             raise EmbeddedServerError(msg)
         self.binary = binary
+        self.config = config
+        self.environ = environ
         super().__init__(port=port, startup_timeout=startup_timeout)
         self.store_dir = self.workdir / "jetstream"
 
@@ -370,7 +477,11 @@ class EmbeddedNats(_ChildServer):
             "-js",
             "-sd",
             str(self.store_dir),
+            *(["-c", str(self.config)] if self.config is not None else []),
         ]
+
+    def _popen_kwargs(self) -> dict[str, object]:
+        return {} if self.environ is None else {"env": {**os.environ, **self.environ}}
 
     def _ready(self) -> bool:
         log = self.workdir / f"{self.name}.log"
@@ -397,26 +508,9 @@ def _primary_group(user: str) -> int:
     return pwd.getpwnam(user).pw_gid
 
 
-def _ensure_system_user(user: str) -> None:
-    import pwd
+def _as_user(user: str) -> dict[str, object]:
+    """``subprocess`` arguments that run a child as ``user``, without root's groups.
 
-    try:
-        pwd.getpwnam(user)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", user],
-            check=False,
-            capture_output=True,
-        )
-        try:
-            pwd.getpwnam(user)
-        except KeyError as e:
-            msg = f"cannot create system user {user!r} to run PostgreSQL as (running as root)"
-            raise EmbeddedServerError(msg) from e
-
-
-def _make_traversable(path: Path) -> None:
-    """Lets other users traverse ``path`` and its parents, and read the binaries below it."""
-    for parent in [path, *path.parents]:
-        with contextlib.suppress(PermissionError):
-            parent.chmod(parent.stat().st_mode | 0o055)
+    ``Popen(user=...)`` alone only changes the uid: root's group and groups go as well.
+    """
+    return {"user": user, "group": _primary_group(user), "extra_groups": []}

@@ -161,3 +161,39 @@ def test_retry_of_a_handler_dead_letter_twice_has_one_effect(database_dsn, monke
     assert first == (0, f"dead letter {letter_id}: applied (1 event(s)) by cli-handler\n")
     assert "not open" in second[1]
     assert rows(database_dsn, "SELECT aggregate FROM effects") == [(agg("H"),)]
+
+
+def test_retry_all_reads_open_dead_letters_page_by_page_and_meets_each_once(
+    database_dsn, monkeypatch, capsys
+):
+    create_schema(database_dsn)
+    with psycopg.connect(database_dsn) as conn:
+        conn.execute("CREATE TABLE effects (handler text, event_id text, aggregate text)")
+        with conn.cursor() as cur:
+            good = [
+                PostgresDeadLetters().record(
+                    cur, consumer="cli-handler", body=event_body(f"P{n}", 1, n), error="was broken"
+                )
+                for n in range(1, 6)
+            ]
+            poison = [
+                PostgresDeadLetters().record(cur, consumer="cli-handler", body=b"x", error="bad")
+                for _ in range(2)
+            ]
+    monkeypatch.setenv("APP_DSN", database_dsn)
+    monkeypatch.setenv("APP_EVENT_VERIFICATION", "broker")  # hand-made events, no store
+    monkeypatch.setattr("eventplatform.cli.dlq.RETRY_PAGE", 2)  # 7 letters: 4 pages
+
+    code, out = dlq(
+        capsys, "retry", "--all", "--consumer", "tests.support.consumers:EFFECT_HANDLER"
+    )
+
+    assert code == 1
+    for letter in good:
+        assert out.count(f"dead letter {letter}: applied") == 1
+    for letter in poison:
+        assert out.count(f"dead letter {letter}: still fails") == 1  # met once, left open
+    assert len(out.splitlines()) == 7
+    assert sorted(rows(database_dsn, "SELECT aggregate FROM effects")) == sorted(
+        (agg(f"P{n}"),) for n in range(1, 6)
+    )
