@@ -200,6 +200,8 @@ class Settings(BaseSettings):
         consumer_max_deliver: deliveries before a never-finished message is dead-lettered
             (-1: unlimited).
         consumer_max_ack_pending: unacked messages JetStream lets a consumer hold.
+        consumer_concurrency: aggregates a handler worker handles at once (each aggregate's
+            events one after another, in order).
         retry_attempts: tries of a failing handler/projection event, the first included.
         retry_initial: seconds before the first retry.
         retry_multiplier: growth of the wait per retry.
@@ -244,6 +246,7 @@ class Settings(BaseSettings):
     consumer_fetch_timeout: float = Field(default=1.0, gt=0, le=60)
     consumer_max_deliver: Annotated[int, AfterValidator(_max_deliver)] = 20
     consumer_max_ack_pending: int = Field(default=1000, ge=1, le=1_000_000)
+    consumer_concurrency: int = Field(default=4, ge=1, le=256)
     retry_attempts: int = Field(default=5, ge=1, le=100)
     retry_initial: float = Field(default=0.1, ge=0, le=3600)
     retry_multiplier: float = Field(default=2.0, ge=1, le=100)

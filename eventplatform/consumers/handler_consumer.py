@@ -11,9 +11,11 @@ other the way read-model rows do); a handler that needs that order should be a p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,8 @@ from eventplatform.consumers.intake import Intake, read_message
 from eventplatform.consumers.retry import Sleep
 from eventplatform.consumers.verification import StoreVerifier, Verification
 from eventplatform.errors import BrokerUnavailable, ConfigurationError, DecodeError
+from eventplatform.leases.fence import Fence
+from eventplatform.leases.leadership import LeaseLost
 from eventplatform.messagebus import cloudevents
 from eventplatform.messagebus.cloudevents import CloudEvent
 from eventplatform.messagebus.nats_broker import NatsBroker, consumer_name, is_consumer_name
@@ -64,6 +68,7 @@ class ConsumerConfig:
         max_ack_pending: unacked messages JetStream allows in flight (>= batch_size).
         verification: ``"store"`` checks every message against the event store before the
             handler sees it (default); ``"broker"`` trusts NATS authorisation.
+        concurrency: aggregates whose events are handled at once (each aggregate's in order).
     """
 
     stream: str
@@ -76,6 +81,7 @@ class ConsumerConfig:
     max_deliver: int = 20
     max_ack_pending: int = 1000
     verification: Verification = "store"
+    concurrency: int = 4
 
     def __post_init__(self) -> None:
         problems = []
@@ -93,6 +99,8 @@ class ConsumerConfig:
             )
         if self.max_deliver != -1 and self.max_deliver < 2:
             problems.append(f"max_deliver must be -1 (unlimited) or >= 2, got {self.max_deliver}")
+        if not 1 <= self.concurrency <= 256:
+            problems.append(f"concurrency must be within 1..256, got {self.concurrency}")
         if self.max_ack_pending < self.batch_size:
             problems.append(
                 f"max_ack_pending ({self.max_ack_pending}) must be >= batch_size "
@@ -113,6 +121,7 @@ class ConsumerConfig:
             "max_deliver": settings.consumer_max_deliver,
             "max_ack_pending": settings.consumer_max_ack_pending,
             "verification": settings.event_verification,
+            "concurrency": settings.consumer_concurrency,
         }
         values.update(overrides)
         return cls(**values)
@@ -139,6 +148,10 @@ class HandlerConsumer:
         config: consumer configuration.
         sleep: waits between retries (tests inject a recorder).
         rng: randomness for jitter (tests inject a seeded one).
+        fence: checked in every handler transaction (a partition's lease), None otherwise.
+        term: the lease token of a partitioned handler's term: it then consumes through a
+            JetStream consumer of its own (see :meth:`start`).
+        alive: raises :class:`~eventplatform.leases.LeaseLost` once the lease is lost.
     """
 
     def __init__(
@@ -150,6 +163,9 @@ class HandlerConsumer:
         config: ConsumerConfig,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        fence: Fence | None = None,
+        term: int | None = None,
+        alive: Callable[[], None] = lambda: None,
     ) -> None:
         self.handler = handler
         self._broker = broker
@@ -160,7 +176,11 @@ class HandlerConsumer:
         self._letters = PostgresDeadLetters()
         self._verifier = StoreVerifier(config.verification)
         self._sub: Any = None
-        self.durable = config.durable or consumer_name(handler.name)
+        self._fence = fence
+        self._term = term
+        self._alive = alive
+        self.base = config.durable or consumer_name(handler.name)
+        self.durable = self.base if term is None else f"{self.base}-t{term}"
 
     @property
     def started(self) -> bool:
@@ -176,12 +196,26 @@ class HandlerConsumer:
         delivery failed (a crash, an outage while dead-lettering) would vanish without a
         trace. This consumer counts deliveries itself and dead-letters a message on its
         ``max_deliver``-th delivery instead.
+
+        A partitioned handler's term (``term`` given) consumes through a consumer of its own,
+        ``<base>-t<token>``, that starts right after the ack floor of the earlier ones, which
+        are deleted: a deposed worker can then pull nothing the new one needs, and an
+        aggregate's events are handled in order across a takeover (what was handled beyond
+        the floor comes again and is absorbed by the event-id markers).
         """
         cfg = self._config
         js = self._broker.js
+        start: dict[str, Any] = {"deliver_policy": api.DeliverPolicy.ALL}
+        if self._term is not None:
+            floor = await self._retire_earlier_terms()
+            if floor:
+                start = {
+                    "deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE,
+                    "opt_start_seq": floor + 1,
+                }
         consumer = api.ConsumerConfig(
             durable_name=self.durable,
-            deliver_policy=api.DeliverPolicy.ALL,
+            **start,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=cfg.ack_wait,
             max_deliver=-1,
@@ -198,6 +232,24 @@ class HandlerConsumer:
         except (TimeoutError, nats.errors.Error) as e:
             msg = f"cannot set up consumer {self.durable!r} on stream {cfg.stream!r}: {e!r}"
             raise BrokerUnavailable(msg) from e
+
+    async def _retire_earlier_terms(self) -> int:
+        """Deletes the earlier terms' consumers; returns their highest ack floor."""
+        js = self._broker.js
+        earlier = re.compile(rf"^{re.escape(self.base)}(-t\d+)?$")
+        floor = 0
+        try:
+            for info in await js.consumers_info(self._config.stream):
+                name = info.name
+                if not name or name == self.durable or not earlier.match(name):
+                    continue
+                floor = max(floor, int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0)
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_consumer(self._config.stream, name)
+        except (TimeoutError, nats.errors.Error) as e:
+            msg = f"cannot retire the earlier consumers of {self.base!r}: {e!r}"
+            raise BrokerUnavailable(msg) from e
+        return floor
 
     async def run(self, stop: asyncio.Event) -> None:
         """Processes messages until ``stop`` is set."""
@@ -228,18 +280,36 @@ class HandlerConsumer:
         intakes = await asyncio.to_thread(self._read, msgs)
         verdicts = await asyncio.to_thread(self._verify, intakes)
         batch = HandlerBatch(received=len(msgs))
-        for m, intake, verdict in zip(msgs, intakes, verdicts, strict=True):
-            try:
-                outcome = await self._process(m, intake, verdict)
-            except Exception as e:
-                if is_fault(e):
-                    raise  # unacked: redelivered once the outage is over
-                # A defect met by this one message: it must not stop the others.
-                error = f"unexpected error processing the message: {e!r}"
-                await self._dead_letter(m, intake.envelope, error, 1)
-                outcome = "dead_lettered"
-            setattr(batch, outcome, getattr(batch, outcome) + 1)
+        # Several aggregates in flight at once, each aggregate's messages one after another.
+        lanes: dict[str, list[tuple[Msg, Intake, str | None]]] = {}
+        for n, (m, intake, verdict) in enumerate(zip(msgs, intakes, verdicts, strict=True)):
+            key = intake.envelope.subject if intake.envelope else f"#{n}"
+            lanes.setdefault(key, []).append((m, intake, verdict))
+        room = asyncio.Semaphore(self._config.concurrency)
+
+        async def lane(items: list[tuple[Msg, Intake, str | None]]) -> None:
+            async with room:
+                for m, intake, verdict in items:
+                    self._alive()
+                    outcome = await self._settle(m, intake, verdict)
+                    setattr(batch, outcome, getattr(batch, outcome) + 1)
+
+        results = await asyncio.gather(*(lane(i) for i in lanes.values()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # a fault or a lost lease: the rest stays unacked, comes again
         return batch
+
+    async def _settle(self, m: Msg, intake: Intake, verdict: str | None) -> str:
+        try:
+            return await self._process(m, intake, verdict)
+        except Exception as e:
+            if is_fault(e) or isinstance(e, LeaseLost):
+                raise  # unacked: redelivered once the outage is over, or to the new owner
+            # A defect met by this one message: it must not stop the others.
+            error = f"unexpected error processing the message: {e!r}"
+            await self._dead_letter(m, intake.envelope, error, 1)
+            return "dead_lettered"
 
     def _read(self, msgs: list[Msg]) -> list[Intake]:
         return [read_message(m.data, self.handler.decoder) for m in msgs]
@@ -278,7 +348,7 @@ class HandlerConsumer:
         try:
             async with keep_alive([m], self._config.ack_wait / 3):
                 ran = await self.handler.handle(
-                    self._pool, envelope, event, sleep=self._sleep, rng=self._rng
+                    self._pool, envelope, event, sleep=self._sleep, rng=self._rng, fence=self._fence
                 )
         except HandlerFailed as e:
             await self._dead_letter(m, envelope, f"{e.__cause__!r}", e.attempts)

@@ -34,6 +34,8 @@ from eventplatform.errors import (
     EventPlatformError,
     StoreUnavailable,
 )
+from eventplatform.leases.fence import Fence
+from eventplatform.leases.leadership import LeaseLost
 from eventplatform.messagebus import cloudevents
 from eventplatform.messagebus.cloudevents import CloudEvent
 from eventplatform.store.postgres import translate
@@ -101,17 +103,30 @@ class IdempotentEventHandler:
         envelope = cloudevents.decode(body)
         return envelope, self.decoder.decode(envelope)
 
-    def process(self, conn: psycopg.Connection[Any], envelope: CloudEvent, event: Any) -> bool:
-        """One attempt, in one transaction: marker first, then the handler's writes.
+    def process(
+        self,
+        conn: psycopg.Connection[Any],
+        envelope: CloudEvent,
+        event: Any,
+        *,
+        fence: Fence | None = None,
+    ) -> bool:
+        """One attempt, in one transaction: marker first, then the handler's writes, then the
+        fence (when the handler runs partitioned, its partition's lease token).
 
         Returns:
             True when the handler ran, False when the event id was already processed.
+
+        Raises:
+            FencedOff: the partition's lease moved on; nothing was committed.
         """
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(self._mark, (self.name, envelope.id))
             if cur.rowcount == 0:
                 return False
             self.func(cur, event)
+            if fence is not None:
+                fence.check(cur)
         return True
 
     async def handle(
@@ -122,6 +137,7 @@ class IdempotentEventHandler:
         *,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        fence: Fence | None = None,
     ) -> bool:
         """Processes an event, retrying per the policy; never blocks the event loop.
 
@@ -131,6 +147,7 @@ class IdempotentEventHandler:
             event: the decoded event passed to the handler.
             sleep: waits between attempts (inject a recorder in tests).
             rng: randomness for the jitter (inject a seeded one in tests).
+            fence: checked in the handler's transaction (partitioned handlers).
 
         Returns:
             True when the handler ran, False for a duplicate.
@@ -139,12 +156,15 @@ class IdempotentEventHandler:
             HandlerFailed: it failed permanently or on every attempt.
             StoreUnavailable: PostgreSQL could not be reached on the last attempt (the event
                 is not at fault: leave it unacknowledged).
+            LeaseLost: the partition's lease moved on (leave it unacknowledged, stand by).
         """
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await asyncio.to_thread(self._process_pooled, pool, envelope, event)
+                return await asyncio.to_thread(self._process_pooled, pool, envelope, event, fence)
+            except LeaseLost:
+                raise
             except Exception as e:
                 if self.policy.should_retry(e, attempt):
                     delay = self.policy.delay(attempt, rng)
@@ -168,9 +188,11 @@ class IdempotentEventHandler:
                 )
                 raise HandlerFailed(msg, attempt) from e
 
-    def _process_pooled(self, pool: ConnectionPool[Any], envelope: CloudEvent, event: Any) -> bool:
+    def _process_pooled(
+        self, pool: ConnectionPool[Any], envelope: CloudEvent, event: Any, fence: Fence | None
+    ) -> bool:
         with pool.connection() as conn:
-            return self.process(conn, envelope, event)
+            return self.process(conn, envelope, event, fence=fence)
 
 
 def idempotent(name: str, **options: Any) -> Callable[[HandlerFunc], IdempotentEventHandler]:

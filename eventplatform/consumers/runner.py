@@ -33,6 +33,7 @@ from eventplatform.consumers.dead_letters import dead_letter_stream
 from eventplatform.consumers.faults import is_fault
 from eventplatform.consumers.handler_consumer import ConsumerConfig, HandlerBatch, HandlerConsumer
 from eventplatform.consumers.handlers import IdempotentEventHandler
+from eventplatform.consumers.ownership import PartitionOwnership
 from eventplatform.consumers.projection import Projection
 from eventplatform.consumers.retry import policy_from_settings
 from eventplatform.consumers.worker import (
@@ -51,7 +52,8 @@ from eventplatform.leases.leadership import (
     new_holder_id,
     projection_lease,
 )
-from eventplatform.messagebus.nats_broker import NatsBroker
+from eventplatform.messagebus.nats_broker import NatsBroker, consumer_name
+from eventplatform.partitions import partition_filter, partition_label
 from eventplatform.settings import Settings
 from eventplatform.store.postgres import connect_async
 
@@ -113,7 +115,11 @@ async def run_projection(
     dsn = settings.require_dsn()
     broker = NatsBroker.from_settings(settings, name=f"projection-{projection.name}")
     pool: ConnectionPool[Any] = ConnectionPool(
-        dsn, min_size=1, max_size=2, open=False, kwargs={"autocommit": False}
+        dsn,
+        min_size=1,
+        max_size=2 if settings.partitions == 1 else max(2, settings.pool_size),
+        open=False,
+        kwargs={"autocommit": False},
     )
     lease = lease or LeaseConfig(ttl=settings.projection_lease_ttl)
     holder = holder or new_holder_id()
@@ -152,55 +158,92 @@ async def _lead_projection(
     holder: str,
     outage: Outage,
 ) -> None:
-    """Stands by for the lease, then runs the worker while it holds it."""
-    name = projection_lease(projection.name)
+    """Stands by for the lease (or for partitions), then runs the worker(s) while held."""
     dsn = settings.require_dsn()
     async with await connect_async(dsn, "opening the lease connection") as lease_conn:
-        leadership = Leadership(
-            PostgresLeases(lease_conn), name, holder=holder, config=lease_config
-        )
+        leases = PostgresLeases(lease_conn)
+
+        async def serve(
+            partition: int | None, leadership: Leadership, until: asyncio.Event
+        ) -> None:
+            await _serve_projection(
+                settings, projection, broker, pool, until, on_batch, leadership, outage, partition
+            )
+
+        if settings.partitions > 1:
+            n = settings.partitions
+            await PartitionOwnership(
+                leases=leases,
+                consumer=f"projection:{projection.name}",
+                partitions=n,
+                lease_name=lambda k: projection_lease(partition_label(projection.name, k, n)),
+                holder=holder,
+                config=lease_config,
+                serve=serve,
+            ).run(stop)
+            return
+        name = projection_lease(projection.name)
+        leadership = Leadership(leases, name, holder=holder, config=lease_config)
         lease = await leadership.acquire(stop)
         if lease is None:
             return
-        outage.over()
         logger.info(
             "projection %s: %s leads (lease token %d)", projection.name, holder, lease.token
         )
         keeper = asyncio.create_task(leadership.keep())
         try:
-            worker = ProjectionWorker(
-                projection=projection,
-                broker=broker,
-                pool=pool,
-                config=WorkerConfig(
-                    stream=settings.stream,
-                    filter_subject=f"{settings.subject_prefix}.>",
-                    batch_size=settings.projection_batch_size,
-                    fetch_timeout=settings.projection_fetch_timeout,
-                    ack_wait=settings.ack_wait,
-                    policy=policy_from_settings(settings),
-                    subject_prefix=settings.subject_prefix,
-                    verification=settings.event_verification,
-                    idle_timeout=max(2.0, lease_config.ttl),
-                    durable=term_consumer_name(projection, lease.token),
-                ),
-                fence=LeaseFence(name, lease.token),
-                alive=leadership.check,
-            )
-            await worker.start()
-            try:
-                while not stop.is_set():
-                    result = await worker.process_once()
-                    outage.over()
-                    if on_batch is not None and result.received:
-                        on_batch(result)
-            finally:
-                await worker.close()
+            await serve(None, leadership, stop)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             await leadership.release()
+
+
+async def _serve_projection(
+    settings: Settings,
+    projection: Projection,
+    broker: NatsBroker,
+    pool: ConnectionPool[Any],
+    stop: asyncio.Event,
+    on_batch: Callable[[BatchResult], None] | None,
+    leadership: Leadership,
+    outage: Outage,
+    partition: int | None,
+) -> None:
+    """Runs the worker of one projection (or of one of its partitions) while the lease holds."""
+    outage.over()
+    lease = leadership.lease
+    worker = ProjectionWorker(
+        projection=projection,
+        broker=broker,
+        pool=pool,
+        config=WorkerConfig(
+            stream=settings.stream,
+            filter_subject=partition_filter(settings.subject_prefix, partition),
+            batch_size=settings.projection_batch_size,
+            fetch_timeout=settings.projection_fetch_timeout,
+            ack_wait=settings.ack_wait,
+            policy=policy_from_settings(settings),
+            subject_prefix=settings.subject_prefix,
+            verification=settings.event_verification,
+            idle_timeout=max(2.0, leadership.config.ttl),
+            durable=term_consumer_name(projection, lease.token, partition),
+            partition=partition,
+            partitions=settings.partitions,
+        ),
+        fence=LeaseFence(lease.name, lease.token),
+        alive=leadership.check,
+    )
+    await worker.start()
+    try:
+        while not stop.is_set():
+            result = await worker.process_once()
+            outage.over()
+            if on_batch is not None and result.received:
+                on_batch(result)
+    finally:
+        await worker.close()
 
 
 async def ensure_consumer_streams(broker: NatsBroker, settings: Settings) -> None:
@@ -240,23 +283,29 @@ async def run_handler(
     stop: asyncio.Event,
     *,
     on_batch: Callable[[HandlerBatch], Awaitable[None] | None] | None = None,
+    lease: LeaseConfig | None = None,
+    holder: str | None = None,
 ) -> None:
     """Runs a handler consumer until ``stop`` is set; no infrastructure fault ends it.
 
-    Several may run for one handler: they share its durable consumer, and the marker row per
-    event id keeps each effect exactly-once whichever of them processes an event.
+    Unpartitioned, several may run for one handler: they share its durable consumer, and the
+    marker row per event id keeps each effect exactly-once whichever of them processes an
+    event. With ``APP_PARTITIONS`` > 1 they share the partitions as projection workers do
+    (one worker per partition at a time, fenced), which keeps each aggregate's events in order.
+    Either way ``APP_CONSUMER_CONCURRENCY`` aggregates are handled at once in a worker.
     """
+    dsn = settings.require_dsn()
     broker = NatsBroker.from_settings(settings, name=f"handler-{handler.name}")
     pool: ConnectionPool[Any] = ConnectionPool(
-        settings.require_dsn(), min_size=1, max_size=2, open=False, kwargs={"autocommit": False}
+        dsn,
+        min_size=1,
+        max_size=settings.consumer_concurrency + 1,
+        open=False,
+        kwargs={"autocommit": False},
     )
+    lease = lease or LeaseConfig(ttl=settings.projection_lease_ttl)
+    holder = holder or new_holder_id()
     outage = Outage(f"handler {handler.name}")
-    consumer = HandlerConsumer(
-        handler=handler,
-        broker=broker,
-        pool=pool,
-        config=ConsumerConfig.from_settings(settings),
-    )
     try:
         pool.open(wait=False)
         while not stop.is_set():
@@ -265,20 +314,84 @@ async def run_handler(
                     stop, what=f"handler {handler.name}", log=logger
                 ):
                     break
-                if not consumer.started:
-                    await ensure_consumer_streams(broker, settings)
-                    await consumer.start()
-                batch = await consumer.process_once()
-                outage.over()
+                await ensure_consumer_streams(broker, settings)
+                if settings.partitions == 1:
+                    consumer = HandlerConsumer(
+                        handler=handler,
+                        broker=broker,
+                        pool=pool,
+                        config=ConsumerConfig.from_settings(settings),
+                    )
+                    await _serve_handler(consumer, stop, on_batch, outage)
+                else:
+                    await _share_handler(
+                        settings, handler, broker, pool, stop, on_batch, lease, holder, outage
+                    )
+            except LeaseLost as e:
+                logger.warning("handler %s steps down: %s", handler.name, e)
             except Exception as e:
                 if not is_fault(e):
                     raise
                 await outage.wait(stop, e)
-                continue
-            if on_batch is not None and batch.received:
-                result = on_batch(batch)
-                if result is not None:
-                    await result
     finally:
         pool.close()
         await broker.close()
+
+
+async def _serve_handler(
+    consumer: HandlerConsumer,
+    stop: asyncio.Event,
+    on_batch: Callable[[HandlerBatch], Awaitable[None] | None] | None,
+    outage: Outage,
+) -> None:
+    await consumer.start()
+    while not stop.is_set():
+        batch = await consumer.process_once()
+        outage.over()
+        if on_batch is not None and batch.received:
+            result = on_batch(batch)
+            if result is not None:
+                await result
+
+
+async def _share_handler(
+    settings: Settings,
+    handler: IdempotentEventHandler,
+    broker: NatsBroker,
+    pool: ConnectionPool[Any],
+    stop: asyncio.Event,
+    on_batch: Callable[[HandlerBatch], Awaitable[None] | None] | None,
+    lease_config: LeaseConfig,
+    holder: str,
+    outage: Outage,
+) -> None:
+    """Serves this worker's share of the handler's partitions."""
+    n = settings.partitions
+    async with await connect_async(settings.require_dsn(), "opening the lease connection") as c:
+
+        async def serve(k: int, leadership: Leadership, until: asyncio.Event) -> None:
+            lease = leadership.lease
+            consumer = HandlerConsumer(
+                handler=handler,
+                broker=broker,
+                pool=pool,
+                config=ConsumerConfig.from_settings(
+                    settings,
+                    filter_subject=partition_filter(settings.subject_prefix, k),
+                    durable=f"{consumer_name(handler.name)}-p{k}",
+                ),
+                fence=LeaseFence(lease.name, lease.token),
+                term=lease.token,
+                alive=leadership.check,
+            )
+            await _serve_handler(consumer, until, on_batch, outage)
+
+        await PartitionOwnership(
+            leases=PostgresLeases(c),
+            consumer=f"handler:{handler.name}",
+            partitions=n,
+            lease_name=lambda k: f"handler:{partition_label(handler.name, k, n)}",
+            holder=holder,
+            config=lease_config,
+            serve=serve,
+        ).run(stop)

@@ -42,7 +42,7 @@ from psycopg import sql
 
 from eventplatform.backoff import sleep_or_stop
 from eventplatform.errors import ConfigurationError, EventPlatformError, StoreUnavailable
-from eventplatform.store.postgres import translate
+from eventplatform.store.postgres import like_prefix, translate
 from eventplatform.store.schema import LEASES
 
 logger = logging.getLogger(__name__)
@@ -252,6 +252,20 @@ class PostgresLeases:
         except psycopg.OperationalError as e:
             raise translate(e, f"releasing the lease {lease.name!r}") from e
 
+    _live = sql.SQL(
+        "SELECT name, holder FROM {t} WHERE name LIKE %s AND expires_at > now() ORDER BY name"
+    ).format(t=_T)
+
+    async def live(self, prefix: str) -> dict[str, str]:
+        """The live leases whose name starts with ``prefix``: name → holder."""
+        pattern = like_prefix(prefix)
+        try:
+            cur = await self._conn.execute(self._live, (pattern,))
+            rows = await cur.fetchall()
+        except psycopg.OperationalError as e:
+            raise translate(e, f"reading the leases {prefix!r}*") from e
+        return {str(name): str(holder) for name, holder in rows}
+
     async def current(self, name: str) -> LeaseHolder | None:
         """Who holds (or last held) the lease ``name``; None if nobody ever did."""
         try:
@@ -294,6 +308,22 @@ class Leadership:
         self._lease: Lease | None = None
         self._valid_until = 0.0
         self._lost: str | None = None
+
+    @classmethod
+    def holding(
+        cls,
+        leases: LeaseStore,
+        lease: Lease,
+        *,
+        config: LeaseConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Leadership:
+        """The leadership of a lease just acquired by ``leases.try_acquire`` (trusted for one
+        ttl from now, less than from when it was sent: on the safe side)."""
+        leadership = cls(leases, lease.name, holder=lease.holder, config=config, clock=clock)
+        leadership._lease = lease
+        leadership._valid_until = clock() + leadership.config.ttl * 0.9
+        return leadership
 
     @property
     def lease(self) -> Lease:

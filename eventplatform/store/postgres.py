@@ -161,3 +161,9 @@ async def connect_async(dsn: str, what: str) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     except psycopg.OperationalError as e:
         raise translate(e, what) from e
+
+
+def like_prefix(prefix: str) -> str:
+    """A ``LIKE`` pattern matching every text that starts with ``prefix`` (its ``%``, ``_``
+    and ``\\`` taken literally)."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

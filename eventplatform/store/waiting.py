@@ -3,17 +3,64 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import psycopg
+import psycopg.errors
 from psycopg import sql
 
 from eventplatform.errors import WaitTimeout
-from eventplatform.store.postgres import connect, translate
-from eventplatform.store.schema import TRACKING, TRACKING_CHANNEL
+from eventplatform.partitions import partition_label, partition_sql
+from eventplatform.store.postgres import connect, like_prefix, translate
+from eventplatform.store.schema import (
+    PROJECTION_VERSIONS,
+    TRACKING,
+    TRACKING_CHANNEL,
+    events_table,
+)
 
 _POSITION = sql.SQL("SELECT position FROM {} WHERE projection = %s AND log = %s").format(
     sql.Identifier(TRACKING)
 )
+_PARTITIONS = sql.SQL("SELECT partitions FROM {} WHERE projection = %s").format(
+    sql.Identifier(PROJECTION_VERSIONS)
+)
+_PARTITION_POSITIONS = sql.SQL(
+    "SELECT projection, position FROM {} WHERE log = %s AND projection LIKE %s"
+).format(sql.Identifier(TRACKING))
+
+
+def applied_up_to(conn: psycopg.Connection[Any], projection: str, log: str, position: int) -> int:
+    """How far ``projection`` has applied ``log``, as seen from ``position``.
+
+    A projection in one partition: its tracked position. In ``n`` partitions each partition's
+    position moves only with its own events, so the projection has applied ``position`` when
+    every partition is there, or has no event of its own in between; the answer is then
+    ``position``, else the lowest position of a partition that still has events to apply.
+    """
+    row = conn.execute(_PARTITIONS, (projection,)).fetchone()
+    n = int(row[0]) if row else 1
+    if n == 1:
+        row = conn.execute(_POSITION, (projection, log)).fetchone()
+        return int(row[0]) if row else 0
+    pattern = like_prefix(projection + "#")
+    found = dict(conn.execute(_PARTITION_POSITIONS, (log, pattern)).fetchall())
+    positions = [int(found.get(partition_label(projection, k, n), 0)) for k in range(n)]
+    low = min(positions)
+    if low >= position:
+        return low
+    try:
+        ahead = conn.execute(
+            sql.SQL(
+                "SELECT {p} AS k, max(notification_id) FROM {t}"
+                " WHERE notification_id > %s AND notification_id <= %s GROUP BY k"
+            ).format(p=partition_sql("originator_id", n), t=sql.Identifier(events_table(log))),
+            (low, position),
+        ).fetchall()
+    except psycopg.errors.UndefinedTable:  # the store lives elsewhere: every partition counts
+        return low
+    behind = [positions[int(k)] for k, last in ahead if int(last) > positions[int(k)]]
+    return min(behind) if behind else position
 
 
 def wait_for(dsn: str, *, projection: str, log: str, position: int, timeout: float = 5.0) -> int:
@@ -42,8 +89,7 @@ def wait_for(dsn: str, *, projection: str, log: str, position: int, timeout: flo
         try:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(TRACKING_CHANNEL)))
             while True:
-                row = conn.execute(_POSITION, (projection, log)).fetchone()
-                current = int(row[0]) if row else 0
+                current = applied_up_to(conn, projection, log, position)
                 if current >= position:
                     return current
                 remaining = deadline - time.monotonic()
