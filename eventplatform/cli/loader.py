@@ -11,6 +11,28 @@ from eventplatform.consumers.projection import Projection
 from eventplatform.errors import ConfigurationError
 
 
+def load_target(reference: str, *, what: str = "object") -> Any:
+    """Imports ``module`` or ``module:attribute`` with the working directory on ``sys.path``.
+
+    Raises:
+        ConfigurationError: the module or attribute does not load.
+    """
+    if ":" in reference:
+        return load(reference, what=what)
+    _working_directory_on_path()
+    try:
+        return importlib.import_module(reference)
+    except ImportError as e:
+        msg = f"cannot import module {reference!r} of {what}: {e}"
+        raise ConfigurationError(msg) from e
+
+
+def _working_directory_on_path() -> None:
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def load(reference: str, *, what: str = "object") -> Any:
     """Imports ``module:attribute`` with the working directory on ``sys.path``.
 
@@ -25,9 +47,7 @@ def load(reference: str, *, what: str = "object") -> Any:
     if not sep or not module_name or not attribute:
         msg = f"{what} reference {reference!r} must look like 'module:attribute'"
         raise ConfigurationError(msg)
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    _working_directory_on_path()
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

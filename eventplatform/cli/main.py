@@ -316,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eventplatform.cli.health import add_health_parser
 
     add_health_parser(sub)  # health [--stream] [--no-postgres] [--no-nats]
+    from eventplatform.cli.schemas import add_schemas_parser
+
+    add_schemas_parser(sub)  # schemas TARGET... --out DIR | --check DIR
     return parser
 
 

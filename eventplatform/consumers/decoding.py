@@ -1,8 +1,10 @@
 """Turning a received CloudEvent back into the domain event, without trusting the message.
 
 Only topics of classes the consumer declared are resolved: a message cannot make a consumer
-import a module it names. Upcasting (``class_version`` and ``upcast_vN_vN+1``) happens here,
-through eventsourcing's own mapper, exactly as when the aggregate is loaded from the store.
+import a module it names. The event is rebuilt exactly as the store rebuilds it
+(:func:`~eventplatform.store.mapper.event_from_state`): upcast from the version its
+``dataschema`` names (``class_version`` and ``upcast_vN_vN+1``), then validated strictly
+against the class, so a field missing or of the wrong type is a :class:`DecodeError`.
 """
 
 from __future__ import annotations
@@ -11,45 +13,30 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
-import orjson
-from eventsourcing.persistence import (
-    DatetimeAsISO,
-    DecimalAsStr,
-    JSONTranscoder,
-    Mapper,
-    MapperDeserialisationError,
-    StoredEvent,
-    Transcoder,
-    UUIDAsHex,
-)
-from eventsourcing.utils import get_topic
-
-from eventplatform.consumers.fields import check_fields
 from eventplatform.errors import DecodeError, UnknownEventType
 from eventplatform.messagebus.cloudevents import CloudEvent
+from eventplatform.store.mapper import adapter, event_from_state, wire_topic
 
 
 class EventDecoder:
     """Decodes CloudEvents into instances of the declared event classes.
 
     Args:
-        event_classes: the domain event classes this consumer understands.
+        event_classes: the domain event classes this consumer understands; their topics
+            must be pinned (they are the CloudEvents ``type``).
         strict: raise :class:`UnknownEventType` for any other type; when false, such
             events come back as the :class:`CloudEvent` envelope itself.
-        transcoder: the writer's transcoder, when it registers custom transcodings;
-            default: eventsourcing's JSON transcoder with its standard transcodings.
+
+    Raises:
+        ConfigurationError: an event class has no pinned topic, or pydantic cannot
+            describe it.
     """
 
-    def __init__(
-        self,
-        event_classes: Iterable[type[Any]],
-        *,
-        strict: bool = False,
-        transcoder: Transcoder | None = None,
-    ) -> None:
-        self._classes = {get_topic(cls): cls for cls in event_classes}
+    def __init__(self, event_classes: Iterable[type[Any]], *, strict: bool = False) -> None:
+        self._classes = {wire_topic(cls): cls for cls in event_classes}
+        for cls in self._classes.values():
+            adapter(cls)  # a class pydantic cannot describe fails here, not per message
         self._strict = strict
-        self._mapper: Mapper[UUID] = Mapper(transcoder=transcoder or default_transcoder())
 
     @property
     def topics(self) -> frozenset[str]:
@@ -61,10 +48,11 @@ class EventDecoder:
 
         Raises:
             UnknownEventType: the type is not declared and the decoder is strict.
-            DecodeError: the data does not fit the event class (bad ids, broken tags,
-                missing upcaster, a field missing or of the wrong type).
+            DecodeError: the data does not fit the event class (a field missing or of the
+                wrong type, a version newer than the class, a missing upcaster).
         """
-        if event.type not in self._classes:
+        cls = self._classes.get(event.type)
+        if cls is None:
             if self._strict:
                 msg = f"unknown event type {event.type!r} (known: {sorted(self._classes)})"
                 raise UnknownEventType(msg)
@@ -74,27 +62,11 @@ class EventDecoder:
         except ValueError as e:
             msg = f"CloudEvent subject {event.subject!r} is not an aggregate UUID"
             raise DecodeError(msg) from e
-        stored = StoredEvent(
-            originator_id=originator_id,
-            originator_version=event.aggregate_version,
-            topic=event.type,
-            state=orjson.dumps(event.data),
+        state = dict(event.data)
+        state.pop("timestamp", None)
+        if event.time is not None:
+            state["timestamp"] = event.time
+        state["class_version"] = event.schema_version
+        return event_from_state(
+            cls, originator_id, event.aggregate_version, state, topic=event.type
         )
-        try:
-            domain_event = self._mapper.to_domain_event(stored)
-        except MapperDeserialisationError as e:
-            raise DecodeError(str(e)) from e
-        except (AttributeError, TypeError, KeyError, ValueError) as e:
-            msg = f"cannot rebuild {event.type!r} from its data: {e!r}"
-            raise DecodeError(msg) from e
-        check_fields(self._classes[event.type], vars(domain_event), topic=event.type)
-        return domain_event
-
-
-def default_transcoder() -> JSONTranscoder:
-    """eventsourcing's JSON transcoder with the transcodings an Application registers."""
-    transcoder = JSONTranscoder()
-    transcoder.register(UUIDAsHex())
-    transcoder.register(DecimalAsStr())
-    transcoder.register(DatetimeAsISO())
-    return transcoder

@@ -7,10 +7,14 @@ for data nobody wrote. So before a message moves a position or reaches user code
 are checked against the stored event at that position, in the consumer's own transaction:
 
 * the log has a table here, and an event at ``sequence``;
-* that event is the one the message says: aggregate id, version, topic, CloudEvents ``id``
-  and ``time``;
-* the message's ``data`` is the stored state (the relay splices the stored bytes verbatim,
+* that event is the one the message says: aggregate id, version, topic, CloudEvents ``id``,
+  ``time`` and schema version;
+* the message's ``data`` is the stored event's (the relay splices the stored bytes verbatim,
   so a byte comparison almost always settles it; otherwise the parsed JSON is compared).
+
+Both the comparison and the gap fill come from :mod:`eventplatform.messagebus.stored`, the
+relay's own definition of a stored event's message, so an event stored in the older tagged
+form verifies as genuine.
 
 A message that fails is *forged* (or foreign): it is dead-lettered with the reason, never
 parks an aggregate and never moves a position.

@@ -4,6 +4,10 @@ The relay publishes it (:func:`message_for`); the relay's tail check, the audit,
 consumers' verification and their gap fill all ask whether a message is that message
 (:func:`difference`). Keeping both here means the question has one answer: when the wire
 format changes, genuine messages cannot start to look forged to one part and not another.
+
+What a stored state puts on the wire (``time``, the schema version, ``data``) is read by
+:func:`~eventplatform.messagebus.cloudevents.wire_state`, the very function the relay's
+encoder uses, so an event stored in the older tagged form compares as genuine too.
 """
 
 from __future__ import annotations
@@ -13,7 +17,14 @@ from typing import Any
 
 import orjson
 
-from eventplatform.messagebus.cloudevents import CloudEvent, encode, event_id, time_of
+from eventplatform.errors import DecodeError
+from eventplatform.messagebus.cloudevents import (
+    CloudEvent,
+    encode,
+    encode_tagged,
+    event_id,
+    wire_state,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +37,7 @@ class StoredEvent:
         aggregate_id: the aggregate's id.
         version: the aggregate's version after the event.
         topic: the event topic.
-        state: the stored state, as eventsourcing wrote it.
+        state: the stored state (plain JSON, or the older tagged form).
     """
 
     log: str
@@ -45,6 +56,19 @@ def message_for(event: StoredEvent) -> bytes:
             cannot be relayed verbatim).
     """
     return encode(
+        log=event.log,
+        notification_id=event.notification_id,
+        aggregate_id=event.aggregate_id,
+        version=event.version,
+        topic=event.topic,
+        state=event.state,
+    )
+
+
+def message_before_plain(event: StoredEvent) -> bytes | None:
+    """The body relays published for ``event`` before the plain layout, if it is stored in
+    the tagged form (streams written then still hold such messages); else None."""
+    return encode_tagged(
         log=event.log,
         notification_id=event.notification_id,
         aggregate_id=event.aggregate_id,
@@ -77,18 +101,21 @@ def difference(envelope: CloudEvent, event: StoredEvent) -> str | None:
         )
     if envelope.id != event_id(aggregate, event.version):
         return f"the CloudEvents id of {where} is not {envelope.id}"
-    if not _same_data(envelope, event.state):
+    try:
+        wire = wire_state(event.state)
+    except DecodeError as e:
+        return f"the stored state of {where} cannot be published: {e}"
+    if envelope.schema_version != wire.class_version:
+        return f"the dataschema of {where} is not the stored event's"
+    if not _same_data(envelope, wire.data):
         return f"the data of {where} differs from the stored event"
-    if envelope.time != time_of(event.state):
+    if envelope.time != wire.time:
         return f"the time of {where} is not the stored event's"
     return None
 
 
-def _same_data(envelope: CloudEvent, state: bytes) -> bool:
-    # The relay writes '..., "data": <stored state>}' with the state spliced in verbatim.
-    if envelope.raw and envelope.raw.endswith(b'"data":' + state + b"}"):
+def _same_data(envelope: CloudEvent, data: bytes) -> bool:
+    # The relay writes '..., "data": <stored data>}' with the bytes spliced in verbatim.
+    if envelope.raw and envelope.raw.endswith(b'"data":' + data + b"}"):
         return True
-    try:
-        return bool(orjson.loads(state) == envelope.data)
-    except orjson.JSONDecodeError:
-        return False
+    return bool(orjson.loads(data) == envelope.data)

@@ -2,9 +2,10 @@
 
 Rebuilds read the notification log itself (the eventsourcing recorder's ``<log>_events``
 table), never the broker: the store keeps every event forever, a stream may not. Rows are
-turned back into domain events with eventsourcing's own mapper (upcasting included), exactly
-as when an aggregate is loaded; topics the projection does not declare reach ``apply`` as
-:class:`CloudEvent` envelopes, as they do from the live worker. A batch is applied through
+turned back into domain events by the store's own mapper (older tagged states converted,
+upcasting included, validated against the class), exactly as when an aggregate is loaded;
+topics the projection does not declare reach ``apply`` as the :class:`CloudEvent` envelopes
+the relay would have published for them, as they do from the live worker. A batch is applied through
 ``apply_batch`` in pipeline mode and committed together with the replay's tracking position,
 so an interrupted replay resumes after its last committed batch.
 
@@ -19,18 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import orjson
 import psycopg
-from eventsourcing.persistence import Mapper, StoredEvent, Transcoder
-from eventsourcing.utils import get_topic
+from eventsourcing.persistence import StoredEvent
 from psycopg import sql
 
-from eventplatform.consumers.decoding import default_transcoder
 from eventplatform.consumers.projection import Projection
 from eventplatform.consumers.tracking import PostgresTracking
 from eventplatform.errors import DecodeError, ProjectionError
-from eventplatform.messagebus.cloudevents import CloudEvent, event_id
+from eventplatform.messagebus import cloudevents
 from eventplatform.partitions import partition_sql
+from eventplatform.store.mapper import PlainJSONMapper, wire_topic
 from eventplatform.store.postgres import connect, translate
 from eventplatform.store.schema import events_table
 
@@ -52,15 +51,12 @@ class StoredEventDecoder:
     Args:
         event_classes: the classes the projection declares (its ``event_classes``).
         log: the log name, the ``source`` of envelopes for undeclared topics.
-        transcoder: the writer's transcoder (default: eventsourcing's JSON transcoder).
     """
 
-    def __init__(
-        self, event_classes: Iterable[type[Any]], *, log: str, transcoder: Transcoder | None = None
-    ) -> None:
-        self._classes = {get_topic(cls) for cls in event_classes}
+    def __init__(self, event_classes: Iterable[type[Any]], *, log: str) -> None:
+        self._classes = {wire_topic(cls) for cls in event_classes}
         self._log = log
-        self._mapper: Mapper[UUID] = Mapper(transcoder=transcoder or default_transcoder())
+        self._mapper = PlainJSONMapper()
 
     @property
     def topics(self) -> frozenset[str]:
@@ -74,19 +70,16 @@ class StoredEventDecoder:
             DecodeError: the stored state does not fit its class; names the notification.
         """
         if row.topic not in self._classes:
-            try:
-                data = orjson.loads(row.state)
-            except orjson.JSONDecodeError as e:
-                msg = f"stored state of {self._log}:{row.notification_id} is not JSON: {e}"
-                raise DecodeError(msg) from e
-            return CloudEvent(
-                id=event_id(row.originator_id, row.originator_version),
-                source=self._log,
-                type=row.topic,
-                subject=str(row.originator_id),
-                sequence=row.notification_id,
-                aggregate_version=row.originator_version,
-                data=data,
+            # The message the relay publishes for this row, as the live worker receives it.
+            return cloudevents.decode(
+                cloudevents.encode(
+                    log=self._log,
+                    notification_id=row.notification_id,
+                    aggregate_id=row.originator_id,
+                    version=row.originator_version,
+                    topic=row.topic,
+                    state=row.state,
+                )
             )
         stored = StoredEvent(
             originator_id=row.originator_id,
@@ -96,7 +89,10 @@ class StoredEventDecoder:
         )
         try:
             return self._mapper.to_domain_event(stored)
-        except Exception as e:  # mapper and event constructors raise many kinds
+        except DecodeError as e:
+            msg = f"cannot decode {self._log}:{row.notification_id} ({row.topic}): {e}"
+            raise DecodeError(msg) from e
+        except Exception as e:  # a cipher, a compressor, a topic that no longer resolves
             msg = f"cannot decode {self._log}:{row.notification_id} ({row.topic}): {e!r}"
             raise DecodeError(msg) from e
 

@@ -6,7 +6,9 @@ subjects can send any body under any ``Nats-Msg-Id``. So the relay and the audit
 event it claims to carry. Three verdicts:
 
 * **genuine**: the relay's CloudEvent of that stored event (same bytes, or the same envelope
-  attributes and the same ``data``: a relay of another version may lay the JSON out otherwise);
+  attributes and the same ``data``: a relay of another version may lay the JSON out otherwise;
+  or, for an event stored in the tagged form, the very bytes relays published before the
+  plain layout: :func:`~eventplatform.messagebus.stored.message_before_plain`);
 * **from a relay, for another event** (foreign): a consistent CloudEvent of this log
   (``source`` is the log, ``sequence`` the claimed id, ``id`` the deterministic id of its
   ``subject`` and ``aggregateversion``) of another event than the stored one: what another
@@ -25,7 +27,12 @@ import enum
 
 from eventplatform.errors import DecodeError
 from eventplatform.messagebus import cloudevents
-from eventplatform.messagebus.stored import StoredEvent, difference, message_for
+from eventplatform.messagebus.stored import (
+    StoredEvent,
+    difference,
+    message_before_plain,
+    message_for,
+)
 from eventplatform.relay.event_log import Notification
 
 
@@ -85,6 +92,8 @@ def carries(body: bytes, log: str, stored: Notification) -> bool:
     try:
         if body == message_for(event):
             return True  # the usual case: this very encoder wrote it
+        if body == message_before_plain(event):
+            return True  # a relay from before the plain layout published it
         return difference(cloudevents.decode(body), event) is None
     except DecodeError:
         return False

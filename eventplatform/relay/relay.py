@@ -63,6 +63,7 @@ from eventplatform.relay.positions import PostgresRelayPositions
 from eventplatform.relay.routing import TopicMapper
 from eventplatform.relay.stream_reader import StoredMessage, get_message
 from eventplatform.relay.tail import MAX_SCAN, StreamAheadOfLog, Suspect, read_tail
+from eventplatform.store.event_state import time_of
 
 __all__ = [
     "ForeignDuplicate",
@@ -401,7 +402,7 @@ class Relay:
             duration=time.perf_counter() - started,
             ack_latency=ack_latency,
             event_times=(
-                [cloudevents.time_of(n.state) for n in prepared.sources]
+                [time_of(n.state) for n in prepared.sources]
                 if self._instruments is not NO_RELAY_INSTRUMENTS
                 else []
             ),

@@ -3,17 +3,21 @@
 Offers :class:`EventSourcedApplication` and :class:`CommandResult` (commands in, events stored
 with commit-ordered notification ids), :func:`create_schema` (every table, once, safely from
 several processes) and :func:`wait_for` (block until a projection has applied a position).
-The modules ``postgres`` (DSN translation, connections, error mapping) and ``schema`` (table
-names) are plumbing the other parts share.
+Events are stored as plain JSON by :class:`PlainJSONMapper` (``mapper``), in the layout of
+``event_state``, which the wire format is derived from. The modules ``postgres`` (DSN
+translation, connections, error mapping) and ``schema`` (table names) are plumbing the other
+parts share.
 """
 
 from eventplatform.store.application import CommandResult, EventSourcedApplication
+from eventplatform.store.mapper import PlainJSONMapper
 from eventplatform.store.schema import TableOwner, create_schema, events_table
 from eventplatform.store.waiting import wait_for
 
 __all__ = [
     "CommandResult",
     "EventSourcedApplication",
+    "PlainJSONMapper",
     "TableOwner",
     "create_schema",
     "events_table",

@@ -13,13 +13,14 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import IntegrityError, OperationalError, Recording
+from eventsourcing.persistence import IntegrityError, Mapper, OperationalError, Recording
 from eventsourcing.persistence import InterfaceError as ESInterfaceError
 
 from eventplatform.errors import ConcurrencyConflict, ConfigurationError, StoreUnavailable
 from eventplatform.observability.tracing import save_span
 from eventplatform.redaction import redact
 from eventplatform.settings import LOG_NAME, Settings
+from eventplatform.store.mapper import PlainJSONMapper
 from eventplatform.store.postgres import eventsourcing_env, why_unreachable
 
 
@@ -87,6 +88,15 @@ class EventSourcedApplication(Application[UUID]):
             with contextlib.suppress(Exception):
                 self.close()
             raise _unavailable(dsn, f"opening the event store {self.name!r}", e) from e
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        """Events are stored as plain JSON (:class:`~eventplatform.store.mapper.PlainJSONMapper`).
+
+        eventsourcing's transcoder (with the transcodings ``register_transcodings`` adds)
+        still writes snapshots, and its cipher and compressor settings are kept.
+        """
+        tagged = super().construct_mapper()
+        return PlainJSONMapper(tagged.transcoder, tagged.compressor, tagged.cipher)
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Saves aggregates atomically, translating store errors to platform errors.

@@ -96,7 +96,7 @@ async def test_every_event_is_published_once_in_order_as_a_cloudevent(settings, 
     async with running(settings, CountingProjection()):
         await wait(settings, "counting", results[-1].position)
     messages = await stream_messages(settings.nats_url, settings.stream)
-    sequences = [orjson.loads(m.data)["sequence"] for m in messages]
+    sequences = [int(orjson.loads(m.data)["sequence"]) for m in messages]
     assert sequences == sorted(sequences) == [r.position for r in results]
     assert [m.headers["Nats-Msg-Id"] for m in messages] == [f"products:{s}" for s in sequences]
     assert {m.subject for m in messages} == {f"{settings.subject_prefix}.Product.Created"}

@@ -118,8 +118,8 @@ async def stream_content(url: str, stream: str) -> list[InStream]:
             except nats.js.errors.NotFoundError:
                 continue
             try:
-                sequence = orjson.loads(msg.data or b"{}").get("sequence")
-            except (orjson.JSONDecodeError, AttributeError):
+                sequence = int(orjson.loads(msg.data or b"{}")["sequence"])
+            except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
                 sequence = None
             headers = dict(msg.headers or {})
             out.append(

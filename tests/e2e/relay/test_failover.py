@@ -130,7 +130,7 @@ async def stream_sequences(url: str, stream: str) -> list[int]:
         js = nc.jetstream()
         info = await js.stream_info(stream)
         return [
-            orjson.loads((await js.get_msg(stream, seq)).data or b"{}")["sequence"]
+            int(orjson.loads((await js.get_msg(stream, seq)).data or b"{}")["sequence"])
             for seq in range(info.state.first_seq, info.state.last_seq + 1)
         ]
     finally:

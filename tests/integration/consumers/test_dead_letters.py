@@ -100,7 +100,7 @@ async def test_every_malformed_shape_ends_dead_lettered_and_good_events_still_ap
         b'"just a string"',
         orjson.dumps({**good, "specversion": "0.3"}),
         orjson.dumps({**good, "id": 42}),
-        orjson.dumps({**good, "sequence": -1}),
+        orjson.dumps({**good, "sequence": "-000000000000000001"}),
         orjson.dumps({**good, "data": "not an object"}),
         orjson.dumps({k: v for k, v in good.items() if k != "subject"}),
         event_body("G", 1, 1)[:-20],

@@ -70,17 +70,18 @@ def mutate(rng: random.Random, real: list[bytes], head: int) -> bytes:
     if kind == 2:  # a byte flipped
         at = rng.randrange(len(original))
         return original[:at] + bytes([original[at] ^ (1 << rng.randrange(8))]) + original[at + 1 :]
-    if kind == 3:  # an absurd integer
+    if kind == 3:  # an absurd integer, or a position written as one
         name = rng.choice(["sequence", "aggregateversion"])
-        value = rng.choice([0, -1, 2**63, 2**64 + 1, 10**40])
+        value = rng.choice([0, -1, 2**31, 2**63, 2**64 + 1, 10**40, int(doc["sequence"])])
         return orjson.dumps({**doc, name: "@@"}).replace(b'"@@"', str(value).encode())
     if kind == 4:  # a forged position beyond the head
-        return orjson.dumps({**doc, "sequence": head + rng.randrange(1, 10**6)})
+        forged = cloudevents.sequence_text(head + rng.randrange(1, 10**6))
+        return orjson.dumps({**doc, "sequence": forged})
     if kind == 5:  # a forged position inside the log, pointing at another event
         other = rng.randrange(1, head + 1)
-        if other == doc["sequence"]:
+        if other == int(doc["sequence"]):
             other = other % head + 1
-        return orjson.dumps({**doc, "sequence": other})
+        return orjson.dumps({**doc, "sequence": cloudevents.sequence_text(other)})
     if kind == 6:  # a forged id
         return orjson.dumps({**doc, "id": str(uuid.UUID(int=rng.getrandbits(128), version=4))})
     if kind == 7:  # forged data
@@ -104,7 +105,7 @@ def mutate(rng: random.Random, real: list[bytes], head: int) -> bytes:
 #: What a consumer reads of a message; a copy that keeps these is the event (a republish).
 MEANING = (
     *("specversion", "id", "source", "type", "subject", "sequence", "aggregateversion"),
-    *("datacontenttype", "time", "data"),
+    *("datacontenttype", "dataschema", "time", "data"),
 )
 
 

@@ -99,17 +99,20 @@ def hostile(kind: str, dsn: str) -> tuple[bytes, dict[str, str] | None]:
     if kind == "nul-in-a-header":
         return b"\x00not json", {"X-Evil": "a\x00b", "Nats-Msg-Id": "evil\x00"}
     if kind == "sequence-2-to-the-63":
-        return raw(third, sequence=2**63), None
+        return orjson.dumps({**third, "sequence": str(2**63)}), None
+    if kind == "sequence-as-an-integer":
+        return raw(third, sequence=3), None
     if kind == "absurd-integer":
         return raw(third, aggregateversion=10**30), None
     if kind == "forged-position-past-the-head":
-        return orjson.dumps({**third, "sequence": 1000}), None
+        return orjson.dumps({**third, "sequence": cloudevents.sequence_text(1000)}), None
     if kind == "forged-event-of-a-real-aggregate":
         # A real aggregate's next version, undecodable: believed, it would park the aggregate.
         data = {**third["data"], "name": 5}
-        return orjson.dumps({**third, "sequence": 9, "aggregateversion": 5, "data": data}), None
+        forged = {"sequence": cloudevents.sequence_text(9), "aggregateversion": 5, "data": data}
+        return orjson.dumps({**third, **forged}), None
     if kind == "forged-data-at-a-real-position":
-        data = {**third["data"], "price": {"_type_": "decimal_str", "_data_": "0.01"}}
+        data = {**third["data"], "price": "0.01"}
         return orjson.dumps({**third, "data": data}), None
     if kind == "forged-missing-field":  # event 3 is a PriceChanged
         data = {k: v for k, v in third["data"].items() if k != "price"}
@@ -129,6 +132,7 @@ KINDS = [
     "nul-in-id",
     "nul-in-a-header",
     "sequence-2-to-the-63",
+    "sequence-as-an-integer",
     "absurd-integer",
     "forged-position-past-the-head",
     "forged-event-of-a-real-aggregate",
@@ -269,6 +273,6 @@ async def test_without_the_store_to_check_against_missing_and_mistyped_fields_st
     assert rows(dsn, "SELECT count(*) FROM effects") == [(0,)]
     errors = sorted(e for (e,) in rows(dsn, "SELECT error FROM eventplatform_dead_letters"))
     assert errors == [
-        "Product.Renamed field 'name' must be str, got int",
+        "Product.Renamed field 'name': Input should be a valid string, got int",
         "Product.Renamed lacks its field 'name'",
     ]

@@ -66,15 +66,16 @@ def create_products(settings: Settings, n: int, prefix: str = "P") -> list[int]:
         app.close()
 
 
-async def stream_sequences(settings: Settings) -> list[int]:
+async def stream_sequences(settings: Settings) -> list[int | None]:
     nc = await nats.connect(settings.nats_url)
     try:
         js = nc.jetstream()
         info = await js.stream_info(settings.stream)
-        return [
-            orjson.loads((await js.get_msg(settings.stream, seq)).data or b"{}").get("sequence")
+        bodies = [
+            orjson.loads((await js.get_msg(settings.stream, seq)).data or b"{}")
             for seq in range(info.state.first_seq, info.state.last_seq + 1)
         ]
+        return [int(b["sequence"]) if "sequence" in b else None for b in bodies]
     finally:
         await nc.close()
 

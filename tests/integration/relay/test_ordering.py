@@ -116,7 +116,7 @@ async def stream_envelopes(url: str, stream: str) -> list[dict[str, Any]]:
 
 
 def assert_exactly_once_in_log_order(envelopes: list[dict[str, Any]], ids: list[int]) -> None:
-    sequences = [e["sequence"] for e in envelopes]
+    sequences = [int(e["sequence"]) for e in envelopes]
     assert len(sequences) == len(set(sequences)), "an event was published twice"
     assert sequences == ids, "the stream does not hold the log, in notification-id order"
     assert [e["msg_id"] for e in envelopes] == [f"products:{s}" for s in sequences]

@@ -18,6 +18,7 @@ from domain import Product
 from eventplatform.consumers.decoding import EventDecoder
 from eventplatform.consumers.intake import Intake, read_message
 from eventplatform.messagebus import cloudevents
+from eventplatform.store.mapper import PlainJSONMapper
 
 STRICT = EventDecoder(
     [Product.Created, Product.Renamed, Product.PriceChanged, Product.Discontinued], strict=True
@@ -27,26 +28,14 @@ LENIENT = EventDecoder([Product.Created, Product.Renamed])
 
 def valid_body() -> bytes:
     product = Product.create("Mug", "MUG-1", Decimal("9.50"))
-    renamed = Product.create("Cup", "CUP-1", Decimal("1.00"))
-    renamed.rename("Big cup")
-    events = product.collect_events()
-    created = events[0]
-    state = orjson.dumps(
-        {
-            "timestamp": {"_type_": "datetime_iso", "_data_": created.timestamp.isoformat()},
-            "originator_topic": "Product",
-            "name": "Mug",
-            "sku": "MUG-1",
-            "price": {"_type_": "decimal_str", "_data_": "9.50"},
-        }
-    )
+    stored = PlainJSONMapper().to_stored_event(product.collect_events()[0])
     return cloudevents.encode(
         log="products",
         notification_id=1,
-        aggregate_id=created.originator_id,
+        aggregate_id=stored.originator_id,
         version=1,
-        topic="Product.Created",
-        state=state,
+        topic=stored.topic,
+        state=stored.state,
     )
 
 
@@ -129,14 +118,33 @@ def test_the_valid_message_decodes():
 
 
 def test_unknown_types_are_errors_for_a_strict_decoder_and_envelopes_for_a_lenient_one():
-    body = orjson.dumps({**VALID_DOC, "type": "Product.Exploded"})
+    exploded = {
+        "type": "Product.Exploded",
+        "dataschema": "urn:eventplatform:schema:Product.Exploded:v1",
+    }
+    body = orjson.dumps({**VALID_DOC, **exploded})
     assert "unknown event type" in (read_message(body, STRICT).error or "")
     lenient = read_message(body, LENIENT)
     assert lenient.error is None
     assert isinstance(lenient.event, cloudevents.CloudEvent)
 
 
+def test_a_data_object_that_carries_envelope_fields_cannot_override_them():
+    forged = {"timestamp": "1999-01-01T00:00:00Z", "class_version": 9, "originator_version": 7}
+    intake = read_message(
+        orjson.dumps({**VALID_DOC, "data": {**VALID_DOC["data"], **forged}}), STRICT
+    )
+    assert intake.error is None
+    assert isinstance(intake.event, Product.Created)
+    assert intake.event.timestamp.isoformat().startswith(VALID_DOC["time"][:19])
+    assert intake.event.originator_version == 1
+
+
 def test_numbers_beyond_any_range_are_given_a_reason():
     body = VALID.replace(b'"aggregateversion":1', b'"aggregateversion":1' + b"0" * 400)
     ends_well(read_message(body, STRICT))
-    ends_well(read_message(VALID.replace(b'"sequence":1', b'"sequence":1e999'), STRICT))
+    ends_well(
+        read_message(
+            VALID.replace(b'"sequence":"0000000000000000001"', b'"sequence":1e999'), STRICT
+        )
+    )

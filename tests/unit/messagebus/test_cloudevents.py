@@ -1,4 +1,4 @@
-"""The wire format: CloudEvents 1.0 JSON with a deterministic id, decoded strictly."""
+"""The wire format: CloudEvents 1.0 JSON, a deterministic id, plain data, decoded strictly."""
 
 import re
 import uuid
@@ -11,7 +11,9 @@ from eventplatform.errors import DecodeError
 from eventplatform.messagebus import cloudevents
 
 AGGREGATE = uuid.UUID("5c4a0b5e-6f5b-4f1c-9a51-0c7b2f6d1e11")
-STATE = (
+STATE = b'{"timestamp":"2026-11-24T10:00:00.000001Z","name":"Mug","price":"9.50"}'
+#: The same event as eventsourcing's tagged transcoder stored it before the plain layout.
+TAGGED = (
     b'{"timestamp":{"_type_":"datetime_iso","_data_":"2026-11-24T10:00:00.000001+00:00"},'
     b'"name":"Mug","price":{"_type_":"decimal_str","_data_":"9.50"}}'
 )
@@ -30,17 +32,60 @@ def encoded(**overrides):
     return cloudevents.encode(**kwargs)
 
 
-def test_an_event_is_a_structured_cloudevent_with_the_stored_state_as_data():
+def test_an_event_is_a_structured_cloudevent_with_its_fields_as_plain_json_data():
     doc = orjson.loads(encoded())
     assert doc["specversion"] == "1.0"
     assert doc["source"] == "products"
     assert doc["type"] == "Product.Renamed"
     assert doc["subject"] == str(AGGREGATE)
     assert doc["datacontenttype"] == "application/json"
-    assert doc["time"] == "2026-11-24T10:00:00.000001+00:00"
-    assert doc["sequence"] == 7
+    assert doc["dataschema"] == "urn:eventplatform:schema:Product.Renamed:v1"
+    assert doc["time"] == "2026-11-24T10:00:00.000001Z"
     assert doc["aggregateversion"] == 2
-    assert doc["data"] == orjson.loads(STATE)
+    assert doc["data"] == {"name": "Mug", "price": "9.50"}
+
+
+def test_the_time_is_on_the_envelope_once_not_repeated_in_data():
+    doc = orjson.loads(encoded())
+    assert "timestamp" not in doc["data"]
+    assert doc["time"] == "2026-11-24T10:00:00.000001Z"
+
+
+def test_data_is_the_stored_bytes_spliced_in_not_re_encoded():
+    assert encoded().endswith(b'"data":{"name":"Mug","price":"9.50"}}')
+
+
+def test_sequence_is_the_sequence_extensions_string_zero_padded_to_order_lexicographically():
+    ten, nine, huge = (
+        orjson.loads(encoded(notification_id=n))["sequence"] for n in (10, 9, 2**63 - 1)
+    )
+    assert (nine, ten) == ("0000000000000000009", "0000000000000000010")
+    assert nine < ten < huge == str(2**63 - 1)
+
+
+def test_the_dataschema_names_the_class_version_the_event_was_stored_as():
+    state = b'{"timestamp":"2026-11-24T10:00:00Z","class_version":3,"name":"Mug"}'
+    doc = orjson.loads(encoded(state=state))
+    assert doc["dataschema"] == "urn:eventplatform:schema:Product.Renamed:v3"
+    assert doc["data"] == {"name": "Mug"}
+    assert cloudevents.decode(encoded(state=state)).schema_version == 3
+
+
+def test_a_type_that_is_not_uri_safe_is_percent_encoded_in_the_dataschema():
+    doc = orjson.loads(encoded(topic="Order Line/Added"))
+    assert doc["dataschema"] == "urn:eventplatform:schema:Order%20Line%2FAdded:v1"
+    assert cloudevents.decode(encoded(topic="Order Line/Added")).type == "Order Line/Added"
+
+
+def test_an_event_stored_tagged_is_published_in_the_plain_form():
+    old, new = orjson.loads(encoded(state=TAGGED)), orjson.loads(encoded())
+    assert old == new
+    assert old["data"] == {"name": "Mug", "price": "9.50"}
+
+
+def test_an_event_without_fields_has_an_empty_data_object():
+    doc = orjson.loads(encoded(state=b'{"timestamp":"2026-11-24T10:00:00Z"}'))
+    assert doc["data"] == {}
 
 
 def test_the_id_is_the_same_on_every_republish_and_differs_per_version():
@@ -60,8 +105,10 @@ def test_decoding_returns_what_was_encoded():
         "Product.Renamed",
         str(AGGREGATE),
     )
-    assert (event.sequence, event.aggregate_version) == (7, 2)
-    assert event.data["name"] == "Mug"
+    assert (event.sequence, event.aggregate_version, event.schema_version) == (7, 2, 1)
+    assert event.data == {"name": "Mug", "price": "9.50"}
+    assert event.time == "2026-11-24T10:00:00.000001Z"
+    assert event.dataschema == "urn:eventplatform:schema:Product.Renamed:v1"
 
 
 def test_state_that_is_not_a_json_object_is_refused_not_published():
@@ -76,7 +123,9 @@ def test_state_that_is_not_a_json_object_is_refused_not_published():
         (b"[1, 2]", "not a JSON object"),
         (b'{"specversion": "0.3"}', "specversion"),
         (orjson.dumps({**orjson.loads(encoded()), "type": ""}), "'type'"),
+        (orjson.dumps({**orjson.loads(encoded()), "sequence": 7}), "'sequence'"),
         (orjson.dumps({**orjson.loads(encoded()), "sequence": "7"}), "'sequence'"),
+        (orjson.dumps({**orjson.loads(encoded()), "dataschema": None}), "'dataschema'"),
         (orjson.dumps({**orjson.loads(encoded()), "aggregateversion": True}), "'aggregateversion'"),
         (orjson.dumps({**orjson.loads(encoded()), "data": [1]}), "'data'"),
     ],
@@ -116,11 +165,19 @@ def json(value: object) -> bytes:
         ("type", "T" * 256, "'type' is 256 characters long"),
         ("subject", f"{AGGREGATE}\x00", "'subject' must be an aggregate id"),
         ("subject", "A", "'subject' must be an aggregate id"),
-        ("sequence", 2**63, "'sequence' must be an integer within 1..2^63-1"),
-        ("sequence", 0, "'sequence' must be an integer within 1..2^63-1"),
-        ("sequence", 7.0, "'sequence' must be an integer"),
+        ("sequence", str(2**63), "'sequence' must be a string of 19 digits within 1..2^63-1"),
+        ("sequence", "0" * 19, "'sequence' must be a string of 19 digits within 1..2^63-1"),
+        ("sequence", "7", "'sequence' must be a string of 19 digits"),
+        ("sequence", "-000000000000000007", "'sequence' must be a string of 19 digits"),
+        ("sequence", 7, "'sequence' must be a string of 19 digits"),
+        ("aggregateversion", 2**31, "'aggregateversion' must be an integer within 1..2^31-1"),
         ("aggregateversion", 2**64, "'aggregateversion' must be an integer within"),
         ("aggregateversion", -(2**63) - 1, "'aggregateversion' must be an integer within"),
+        ("aggregateversion", "2", "'aggregateversion' must be an integer within"),
+        ("dataschema", "urn:eventplatform:schema:Product.Created:v1", "'dataschema' must be"),
+        ("dataschema", "urn:eventplatform:schema:Product.Renamed:v0", "'dataschema' must be"),
+        ("dataschema", "urn:eventplatform:schema:Product.Renamed:1", "'dataschema' must be"),
+        ("dataschema", "https://example.com/x.json", "'dataschema' must be"),
         ("time", "yesterday\x00", "'time' must be an RFC 3339 timestamp"),
     ],
 )

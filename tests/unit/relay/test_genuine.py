@@ -73,3 +73,32 @@ def test_a_relays_message_of_another_event_at_the_same_id_is_foreign():
 
 def test_a_message_whose_sequence_is_not_the_claimed_id_is_forged():
     assert judge(body_of(STORED), "products", 8, None) is Verdict.FORGED
+
+
+def test_a_message_relays_published_before_the_plain_layout_is_genuine():
+    """Streams written before issue 12 hold tagged data and integer sequences."""
+    before = orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": cloudevents.event_id(AGGREGATE, 2),
+            "source": "products",
+            "type": "Product.Renamed",
+            "subject": str(AGGREGATE),
+            "datacontenttype": "application/json",
+            "sequence": 7,
+            "aggregateversion": 2,
+            "time": "2026-11-24T17:42:00+00:00",
+            "data": orjson.Fragment(STORED.state),
+        }
+    )
+    assert judge(before, "products", 7, STORED) is Verdict.GENUINE
+    tampered = before.replace(b'"name":"B"', b'"name":"C"')
+    assert judge(tampered, "products", 7, STORED) is Verdict.FORGED
+
+
+def test_a_copy_with_another_time_or_schema_version_is_forged():
+    doc = orjson.loads(body_of(STORED))
+    later = orjson.dumps({**doc, "time": "2027-01-01T00:00:00Z"})
+    v2 = orjson.dumps({**doc, "dataschema": doc["dataschema"].replace(":v1", ":v2")})
+    assert judge(later, "products", 7, STORED) is Verdict.FORGED
+    assert judge(v2, "products", 7, STORED) is Verdict.FORGED
