@@ -112,7 +112,7 @@ async def test_a_standby_told_to_stop_returns_without_a_lease(leases, clock):
     stop.set()
     standby = Leadership(leases, "products", holder="b", clock=clock)
     assert await standby.acquire(stop) is None
-    with pytest.raises(LeaseLost, match="no lease .* held"):
+    with pytest.raises(LeaseLost, match=r"no lease .* held"):
         standby.check()
 
 
