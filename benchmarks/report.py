@@ -74,7 +74,8 @@ _LOW, _HIGH = -3.0, 2.0  # log10 range of the ratio axis
 
 def _label(r: Result) -> str:
     if r.name == "write-concurrency":
-        return f"write, {r.extra['writers']} writer threads / raw per thread"[:45]
+        n = r.extra["writers"]
+        return f"write, {n} writer thread{'s' if n > 1 else ''} / raw per thread"[:45]
     if r.name in ("write", "memory"):
         return f"{r.name} {r.variant.split(',')[0]} / {r.baseline}"[:45]
     return f"{r.name} / {r.baseline}"[:45]
