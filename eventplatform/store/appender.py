@@ -89,6 +89,9 @@ Outcome = list[int] | EventPlatformError
 
 _Key = tuple[Any, int]
 
+#: Groups of up to this many events reuse their composed statement (one string per size).
+_CACHED_SIZES = 64
+
 
 class _SentAndLost(Exception):
     """The connection broke after the group was sent: its commit may have happened."""
@@ -271,7 +274,8 @@ class PostgresEventAppender:
         if query is None:
             rows = sql.SQL(", ").join([sql.SQL("(%s, %s, %s, %s)")] * len(events))
             query = (self._head + rows + self._tail).as_string(conn)
-            self._queries[len(events)] = query
+            if len(events) <= _CACHED_SIZES:  # the common sizes; a rare big save is composed anew
+                self._queries[len(events)] = query
         params = [
             v for e in events for v in (e.originator_id, e.originator_version, e.topic, e.state)
         ]
