@@ -17,6 +17,9 @@ Each command gets its own outcome, whatever happens to the group:
   next (so it conflicts exactly as if it had come after).
 * **data error** (not a conflict, not an outage): the commands are written again one by one,
   so only the command whose events PostgreSQL refuses fails.
+* **refused by a live server** (the table lock not granted within ``lock_timeout``, a
+  cancelled statement): the transaction was rolled back, the group fails at once with
+  :class:`StoreUnavailable`, nothing stored.
 * **connection lost** (a server restart, a killed backend, a stale pooled connection — there is
   no pre-ping): if it broke before anything was sent, the group is simply sent again on a new
   connection. If it broke after the message was sent, the commit may or may not have happened.

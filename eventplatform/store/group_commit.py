@@ -58,11 +58,11 @@ class _Pending(Generic[T, R]):
 class GroupCommitter(Generic[T, R]):
     """Lets concurrent threads submit items that are written in groups by one of them.
 
-    The first thread to find nobody writing becomes the leader: it takes every item queued so
-    far (its own first among them, up to ``max_weight``), writes them as one group, hands each
+    The first thread to find nobody writing becomes the leader: it takes the items queued so
+    far, in arrival order and up to ``max_weight``, writes them as one group, hands each
     submitter its outcome, and goes on until its own item is written. Threads that arrive
-    meanwhile queue and wait; when the leader is done, one of them leads the next group. Items
-    are taken in arrival order, so no item waits behind more than ``max_weight`` later ones.
+    meanwhile queue and wait; when the leader is done, one of them leads the next group.
+    Arrival order is kept, so no item is overtaken by one submitted after it.
 
     Args:
         writer: writes one group; called by one thread at a time.
