@@ -40,6 +40,7 @@ class Scale:
     Attributes:
         write_single: commands of one event each, per side.
         write_batched: events saved 100 aggregates per save, per side.
+        write_concurrent: commands per writer count (1, 4, 12 writer threads), per side.
         relay: backlog events relayed by ours and published by the raw baseline.
         outbox: backlog events published by the polling outbox (it is the slow one).
         projection: stream messages applied by ours and pulled by the raw baseline.
@@ -53,6 +54,7 @@ class Scale:
 
     write_single: int = 600
     write_batched: int = 6_000
+    write_concurrent: int = 1_200
     relay: int = 20_000
     outbox: int = 4_000
     projection: int = 20_000
@@ -73,6 +75,7 @@ class Scale:
             self,
             write_single=n(self.write_single),
             write_batched=max(n(self.write_batched) // 100 * 100, 200),
+            write_concurrent=n(self.write_concurrent),
             relay=n(self.relay),
             outbox=n(self.outbox),
             projection=n(self.projection),
@@ -88,6 +91,7 @@ QUICK = Scale()
 FULL = Scale(
     write_single=3_000,
     write_batched=50_000,
+    write_concurrent=6_000,
     relay=200_000,
     outbox=20_000,
     projection=100_000,
@@ -221,6 +225,20 @@ def settings_for(dsn: str, nats_url: str, name: str, **overrides: Any) -> Settin
     }
     values.update(overrides)
     return load_settings({}, **values)
+
+
+def stored_rows(conn: psycopg.Connection[Any], after: int) -> list[tuple[Any, ...]]:
+    """(originator_id, originator_version, topic, state) of the events after ``after``, in order:
+    the very rows a raw baseline re-inserts."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {}"
+            " WHERE notification_id > %s ORDER BY notification_id"
+        ).format(sql.Identifier(events_table(LOG))),
+        (after,),
+    ).fetchall()
+    conn.commit()
+    return rows
 
 
 def template_rows(settings: Settings) -> list[tuple[str, bytes]]:
