@@ -18,6 +18,7 @@ from pathlib import Path
 from benchmarks import (
     latency,
     memory,
+    partitions,
     projection,
     rebuild,
     relay,
@@ -35,6 +36,7 @@ FIGURES: dict[str, Callable[[str, str, Scale], list[Result]]] = {
     "latency": latency.run,
     "rebuild": rebuild.run,
     "memory": memory.run,
+    "partitions": partitions.run,
 }
 
 

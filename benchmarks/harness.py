@@ -50,6 +50,7 @@ class Scale:
         rebuild: events replayed into a fresh read model.
         memory: backlog the relay and projection processes work through.
         rounds: interleaved rounds (ours, baseline, ours, baseline, ...).
+        partitioned: events a 5 ms handler works through, per side (partitions figure).
     """
 
     write_single: int = 600
@@ -64,6 +65,7 @@ class Scale:
     rebuild: int = 20_000
     memory: int = 200_000
     rounds: int = 2
+    partitioned: int = 600
 
     def scaled(self, factor: float) -> Scale:
         """The same proportions times ``factor`` (at least a few events each)."""
@@ -84,6 +86,7 @@ class Scale:
             outbox_latency_seconds=max(self.outbox_latency_seconds * factor, 2.0),
             rebuild=n(self.rebuild),
             memory=max(n(self.memory), 12_000),
+            partitioned=n(self.partitioned),
         )
 
 
@@ -101,6 +104,7 @@ FULL = Scale(
     rebuild=200_000,
     memory=1_000_000,
     rounds=3,
+    partitioned=2_400,
 )
 
 
@@ -311,7 +315,12 @@ async def relay_backlog(settings: Settings, broker: NatsBroker) -> int:
             broker=broker,
             positions=PostgresRelayPositions(reader),
             mapper=DefaultTopicMapper(settings.subject_prefix),
-            config=RelayConfig(stream=settings.stream, batch_size=settings.relay_batch_size),
+            config=RelayConfig(
+                stream=settings.stream,
+                batch_size=settings.relay_batch_size,
+                partitions=settings.partitions,
+                subject_prefix=settings.subject_prefix,
+            ),
         )
         while await relay.relay_once() is not None:
             pass
