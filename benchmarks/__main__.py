@@ -15,17 +15,30 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from benchmarks import latency, memory, observability, projection, rebuild, relay, report, write
+from benchmarks import (
+    latency,
+    memory,
+    observability,
+    partitions,
+    projection,
+    rebuild,
+    relay,
+    report,
+    write,
+    write_concurrency,
+)
 from benchmarks.harness import FULL, QUICK, Result, Scale
 
 FIGURES: dict[str, Callable[[str, str, Scale], list[Result]]] = {
     "write": write.run,
+    "write-concurrency": write_concurrency.run,
     "relay": relay.run,
     "projection": projection.run,
     "latency": latency.run,
     "rebuild": rebuild.run,
     "memory": memory.run,
     "observability": observability.run,
+    "partitions": partitions.run,
 }
 
 

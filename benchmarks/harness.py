@@ -40,6 +40,7 @@ class Scale:
     Attributes:
         write_single: commands of one event each, per side.
         write_batched: events saved 100 aggregates per save, per side.
+        write_concurrent: commands per writer count (1, 4, 12 writer threads), per side.
         relay: backlog events relayed by ours and published by the raw baseline.
         outbox: backlog events published by the polling outbox (it is the slow one).
         projection: stream messages applied by ours and pulled by the raw baseline.
@@ -49,10 +50,12 @@ class Scale:
         rebuild: events replayed into a fresh read model.
         memory: backlog the relay and projection processes work through.
         rounds: interleaved rounds (ours, baseline, ours, baseline, ...).
+        partitioned: events a 5 ms handler works through, per side (partitions figure).
     """
 
     write_single: int = 600
     write_batched: int = 6_000
+    write_concurrent: int = 1_200
     relay: int = 20_000
     outbox: int = 4_000
     projection: int = 20_000
@@ -62,6 +65,7 @@ class Scale:
     rebuild: int = 20_000
     memory: int = 200_000
     rounds: int = 2
+    partitioned: int = 600
 
     def scaled(self, factor: float) -> Scale:
         """The same proportions times ``factor`` (at least a few events each)."""
@@ -73,6 +77,7 @@ class Scale:
             self,
             write_single=n(self.write_single),
             write_batched=max(n(self.write_batched) // 100 * 100, 200),
+            write_concurrent=n(self.write_concurrent),
             relay=n(self.relay),
             outbox=n(self.outbox),
             projection=n(self.projection),
@@ -81,6 +86,7 @@ class Scale:
             outbox_latency_seconds=max(self.outbox_latency_seconds * factor, 2.0),
             rebuild=n(self.rebuild),
             memory=max(n(self.memory), 12_000),
+            partitioned=n(self.partitioned),
         )
 
 
@@ -88,6 +94,7 @@ QUICK = Scale()
 FULL = Scale(
     write_single=3_000,
     write_batched=50_000,
+    write_concurrent=6_000,
     relay=200_000,
     outbox=20_000,
     projection=100_000,
@@ -97,6 +104,7 @@ FULL = Scale(
     rebuild=200_000,
     memory=1_000_000,
     rounds=3,
+    partitioned=2_400,
 )
 
 
@@ -223,6 +231,20 @@ def settings_for(dsn: str, nats_url: str, name: str, **overrides: Any) -> Settin
     return load_settings({}, **values)
 
 
+def stored_rows(conn: psycopg.Connection[Any], after: int) -> list[tuple[Any, ...]]:
+    """(originator_id, originator_version, topic, state) of the events after ``after``, in order:
+    the very rows a raw baseline re-inserts."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {}"
+            " WHERE notification_id > %s ORDER BY notification_id"
+        ).format(sql.Identifier(events_table(LOG))),
+        (after,),
+    ).fetchall()
+    conn.commit()
+    return rows
+
+
 def template_rows(settings: Settings) -> list[tuple[str, bytes]]:
     """(topic, state) of a real Created, Renamed and PriceChanged, saved by the application.
 
@@ -293,7 +315,12 @@ async def relay_backlog(settings: Settings, broker: NatsBroker) -> int:
             broker=broker,
             positions=PostgresRelayPositions(reader),
             mapper=DefaultTopicMapper(settings.subject_prefix),
-            config=RelayConfig(stream=settings.stream, batch_size=settings.relay_batch_size),
+            config=RelayConfig(
+                stream=settings.stream,
+                batch_size=settings.relay_batch_size,
+                partitions=settings.partitions,
+                subject_prefix=settings.subject_prefix,
+            ),
         )
         while await relay.relay_once() is not None:
             pass

@@ -73,13 +73,17 @@ _LOW, _HIGH = -3.0, 2.0  # log10 range of the ratio axis
 
 
 def _label(r: Result) -> str:
+    if r.name == "write-concurrency":
+        n = r.extra["writers"]
+        return f"write, {n} writer thread{'s' if n > 1 else ''} / raw per thread"[:45]
     if r.name in ("write", "memory"):
         return f"{r.name} {r.variant.split(',')[0]} / {r.baseline}"[:45]
     return f"{r.name} / {r.baseline}"[:45]
 
 
 def plot(path: Path, results: list[Result], title: str) -> None:
-    """A horizontal bar chart of ratios on a log axis; the black tick is each target.
+    """A horizontal bar chart of ratios on a log axis; the black tick is each target, a grey
+    cross the most the physical limit itself reached over the same peer (relay vs outbox).
 
     Needs matplotlib (``pip install eventplatform[bench]``); drawn with the Agg backend, so no
     display is needed.
@@ -102,6 +106,20 @@ def plot(path: Path, results: list[Result], title: str) -> None:
             height=0.6,
         )
         axes.scatter([r.goal for r in results], rows, marker="|", s=300, color="black", zorder=3)
+        limits = [
+            (row, r.extra["limit_allows"])
+            for row, r in enumerate(results)
+            if "limit_allows" in r.extra
+        ]
+        if limits:  # the most any relay could reach over the outbox in this run
+            axes.scatter(
+                [limit for _, limit in limits],
+                [row for row, _ in limits],
+                marker="x",
+                s=80,
+                color="grey",
+                zorder=3,
+            )
         for row, ratio in zip(rows, ratios, strict=True):
             axes.annotate(f"{ratio:.3g}", (ratio, row), xytext=(4, -4), textcoords="offset points")
         axes.set_xscale("log")
@@ -109,7 +127,9 @@ def plot(path: Path, results: list[Result], title: str) -> None:
         axes.set_yticks(list(rows), labels)
         axes.invert_yaxis()
         axes.axvline(1.0, color="grey", linewidth=0.8)
-        axes.set_xlabel("ratio ours / baseline (log); black tick: target")
+        axes.set_xlabel(
+            "ratio ours / baseline (log); black tick: target; grey x: the limit's own ratio"
+        )
         axes.set_title(title)
         figure.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)

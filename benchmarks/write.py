@@ -1,17 +1,17 @@
 """``write``: saving aggregates through the platform beside a raw insert of the same rows.
 
-Ours goes through ``Products`` (pydantic command, aggregate, eventsourcing's recorder: table
-lock, insert, NOTIFY, pool pre-ping). The limit inserts the very rows ours stored into a table
-of the same shape, one committed INSERT per row or ``executemany`` of 100 per transaction.
+Ours goes through ``Products`` (pydantic command, aggregate, eventsourcing's mapper, the
+group-commit write: table lock, NOTIFY, insert, commit in one round trip), from one thread.
+The limit inserts the very rows ours stored into a table of the same shape, one committed
+INSERT per row or ``executemany`` of 100 per transaction. ``write-concurrency`` has the
+same single-event commands from several threads.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from benchmarks import baselines
 from benchmarks.harness import (
@@ -21,24 +21,13 @@ from benchmarks.harness import (
     Stopwatch,
     fresh_database,
     settings_for,
+    stored_rows,
     throughput,
 )
 from domain import CreateProduct, Product, Products
 from eventplatform.store.schema import events_table
 
 BATCH = 100
-
-
-def _stored_rows(conn: psycopg.Connection[Any], after: int) -> list[tuple[Any, ...]]:
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT originator_id, originator_version, topic, state FROM {}"
-            " WHERE notification_id > %s ORDER BY notification_id"
-        ).format(sql.Identifier(events_table(LOG))),
-        (after,),
-    ).fetchall()
-    conn.commit()
-    return rows
 
 
 def run(server_dsn: str, nats_url: str, scale: Scale) -> list[Result]:
@@ -59,7 +48,7 @@ def run(server_dsn: str, nats_url: str, scale: Scale) -> list[Result]:
                                 name=f"p{r}-{i}", sku=f"S{r}-{i}", price=Decimal("9.99")
                             )
                             position = app.create(command).position
-                    rows = _stored_rows(conn, position - n)
+                    rows = stored_rows(conn, position - n)
                     with raw_single.timing():
                         baselines.raw_insert(conn, rows, 1)
                     ours_single.count += n
@@ -76,7 +65,7 @@ def run(server_dsn: str, nats_url: str, scale: Scale) -> list[Result]:
                             ]
                             recordings = app.save(*products)
                     position = max(rec.notification.id for rec in recordings)
-                    rows = _stored_rows(conn, position - n)
+                    rows = stored_rows(conn, position - n)
                     with raw_batch.timing():
                         baselines.raw_insert(conn, rows, BATCH)
                     ours_batch.count += n

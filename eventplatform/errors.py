@@ -29,7 +29,25 @@ class ConcurrencyConflict(EventPlatformError):
 
 
 class StoreUnavailable(EventPlatformError, ConnectionError):
-    """The event store (PostgreSQL) could not be reached."""
+    """The event store (PostgreSQL) could not be reached.
+
+    A command that fails with exactly this class wrote nothing and may be retried; see
+    :class:`CommitOutcomeUnknown` for the one case where that cannot be told.
+    """
+
+
+class CommitOutcomeUnknown(StoreUnavailable):
+    """The connection was lost while a commit was under way and could not be re-established
+    in time to find out whether it happened: the events may or may not be stored.
+
+    Unlike its parent, retrying the command blindly may apply it twice; read the aggregate
+    first (its version tells whether the command's events are there).
+    """
+
+
+class StoreError(EventPlatformError):
+    """PostgreSQL refused a command's events for a reason retrying will not fix (a data error,
+    a missing privilege); nothing was written."""
 
 
 class BrokerUnavailable(EventPlatformError, ConnectionError):

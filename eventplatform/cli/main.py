@@ -44,6 +44,7 @@ configuration (environment):
   APP_STREAM                JetStream stream name (default EVENTS)
   APP_SUBJECT_PREFIX        subject prefix (default events)
   APP_STREAM_REPLICAS       stream replicas, 3 on a cluster (default 1)
+  APP_PARTITIONS            partitions of the event subjects; workers share them (default 1)
   APP_DUPLICATE_WINDOW      JetStream de-duplication window, seconds (default 120, max 86400)
   APP_STREAM_MAX_AGE, APP_STREAM_MAX_BYTES   event stream retention (default 7 days, no size
                             limit; 0 / -1: unlimited)
@@ -59,6 +60,7 @@ configuration (environment):
   APP_POOL_SIZE             connections per pool (default 4)
   APP_CONSUMER_BATCH_SIZE, APP_CONSUMER_FETCH_TIMEOUT, APP_CONSUMER_MAX_DELIVER,
   APP_CONSUMER_MAX_ACK_PENDING   handler consumers (defaults 100, 1.0, 20, 1000)
+  APP_CONSUMER_CONCURRENCY  aggregates a handler worker handles at once (default 4)
   APP_RETRY_ATTEMPTS, APP_RETRY_INITIAL, APP_RETRY_MULTIPLIER, APP_RETRY_CAP,
   APP_RETRY_JITTER          retry policy (defaults 5, 0.1 s, 2.0, 5.0 s, 0.5)
   APP_METRICS_PORT          relay/project/handle serve /metrics, /healthz, /readyz on this port

@@ -367,7 +367,9 @@ async def run_handler(
     pool: ConnectionPool[Any] = ConnectionPool(
         dsn,
         min_size=1,
-        max_size=settings.consumer_concurrency + 1,
+        # Every partition this worker serves has up to APP_CONSUMER_CONCURRENCY transactions
+        # open (at most 8 partitions' worth; the pool grows only as they are needed).
+        max_size=settings.consumer_concurrency * min(settings.partitions, 8) + 1,
         open=False,
         kwargs={"autocommit": False},
     )

@@ -133,7 +133,10 @@ async def republish(
     if not events:
         return report
     name = relay_lease(log.log)
-    lease = await leases.take_over(name, f"audit-repair:{new_holder_id()}", lease_ttl)
+    # Held with a ttl of its own, longer than the relay's: a standby relay must not take the
+    # lease back between two renewals of a repair slowed down by a loaded machine.
+    hold = max(10 * lease_ttl, 30.0)
+    lease = await leases.take_over(name, f"audit-repair:{new_holder_id()}", hold)
     logger.warning(
         "audit took the relay lease of %r (token %d) to republish %d event(s); the relay"
         " resumes when it is released",
@@ -153,7 +156,7 @@ async def republish(
             mapper,
             report,
             ack_timeout,
-            _Renewal(leases, lease, lease_ttl),
+            _Renewal(leases, lease, hold),
         )
     finally:
         await leases.release(lease)

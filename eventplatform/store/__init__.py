@@ -4,9 +4,11 @@ Offers :class:`EventSourcedApplication` and :class:`CommandResult` (commands in,
 with commit-ordered notification ids), :func:`create_schema` (every table, once, safely from
 several processes) and :func:`wait_for` (block until a projection has applied a position).
 Events are stored as plain JSON by :class:`PlainJSONMapper` (``mapper``), in the layout of
-``event_state``, which the wire format is derived from. The modules ``postgres`` (DSN
-translation, connections, error mapping) and ``schema`` (table names) are plumbing the other
-parts share.
+``event_state``, which the wire format is derived from. Saves go through ``group_commit``
+(concurrent commands share a transaction), ``appender`` (one group, one round trip,
+per-command outcomes, recovery from lost connections) and ``recorder`` (eventsourcing's
+recorder with that insert path). The modules ``postgres`` (DSN translation,
+connections, error mapping) and ``schema`` (table names) are plumbing the other parts share.
 """
 
 from eventplatform.store.application import CommandResult, EventSourcedApplication

@@ -13,15 +13,28 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import IntegrityError, Mapper, OperationalError, Recording
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    IntegrityError,
+    Mapper,
+    OperationalError,
+    Recording,
+)
 from eventsourcing.persistence import InterfaceError as ESInterfaceError
+from eventsourcing.postgres import PostgresFactory
 
 from eventplatform.errors import ConcurrencyConflict, ConfigurationError, StoreUnavailable
 from eventplatform.observability.tracing import save_span
 from eventplatform.redaction import redact
 from eventplatform.settings import LOG_NAME, Settings
+from eventplatform.store.appender import PostgresEventAppender
+from eventplatform.store.group_commit import GroupCommitter
 from eventplatform.store.mapper import PlainJSONMapper
-from eventplatform.store.postgres import eventsourcing_env, why_unreachable
+from eventplatform.store.postgres import connector, eventsourcing_env, why_unreachable
+from eventplatform.store.recorder import GroupCommitRecorder
+
+#: Most events one group transaction carries (a single larger save goes alone).
+MAX_GROUP_EVENTS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +64,13 @@ class EventSourcedApplication(Application[UUID]):
     snapshotting and caching defaults of eventsourcing are kept. The application's ``name``
     is the log name: its events live in ``<name>_events`` and the relay follows that table.
 
+    Saves from concurrent threads are group-committed (``store/group_commit.py``): the
+    commands that arrive while one transaction is under way share the next, one table lock
+    and one WAL flush for all of them, each still getting its own ids or its own conflict.
+    Writes use one connection of their own beside eventsourcing's pool (which serves reads),
+    so an application holds up to ``2 * pool_size + 1`` connections. Call :meth:`close`
+    after the threads that save have stopped.
+
     Args:
         settings: platform settings; the DSN and pool size are taken from them.
         create_table: let eventsourcing create its tables (tests, demo); production runs the
@@ -75,6 +95,7 @@ class EventSourcedApplication(Application[UUID]):
     ) -> None:
         check_log_name(type(self))
         dsn = self._dsn = settings.require_dsn()
+        self._appender: PostgresEventAppender | None = None
         try:
             # eventsourcing connects here already (it registers its type adapters).
             super().__init__(
@@ -97,6 +118,39 @@ class EventSourcedApplication(Application[UUID]):
         """
         tagged = super().construct_mapper()
         return PlainJSONMapper(tagged.transcoder, tagged.compressor, tagged.cipher)
+
+    def construct_recorder(self) -> ApplicationRecorder:
+        """eventsourcing's PostgreSQL recorder, its inserts going through a group commit."""
+        factory = self.factory
+        if not isinstance(factory, PostgresFactory):
+            msg = (
+                f"{type(self).__qualname__} stores its events in PostgreSQL: "
+                "PERSISTENCE_MODULE must stay eventsourcing.postgres"
+            )
+            raise ConfigurationError(msg)
+        datastore = factory.datastore
+        table = f"{self.name.lower()}_events"
+        self._appender = PostgresEventAppender(
+            connector(self._dsn),
+            table=(datastore.schema, table),
+            channel=table,
+            lock_timeout=float(datastore.lock_timeout or 5),
+        )
+        recorder = GroupCommitRecorder(
+            datastore,
+            events_table_name=table,
+            committer=GroupCommitter(self._appender, weigh=len, max_weight=MAX_GROUP_EVENTS),
+        )
+        if factory.env_create_table():
+            recorder.create_table()
+        return recorder
+
+    def close(self) -> None:
+        """Closes the write connection and eventsourcing's pool."""
+        appender = getattr(self, "_appender", None)  # absent if __init__ failed early
+        if appender is not None:
+            appender.close()
+        super().close()
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Saves aggregates atomically, translating store errors to platform errors.

@@ -8,12 +8,12 @@ all). Error messages built here never show the DSN's password.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from eventplatform.errors import ConfigurationError, StoreUnavailable
 from eventplatform.redaction import redact
@@ -83,7 +83,9 @@ def eventsourcing_env(
         "POSTGRES_PASSWORD": "",
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_MAX_OVERFLOW": str(pool_size),
-        "POSTGRES_PRE_PING": "y",
+        # No pre-ping (a round trip per command): the write path recovers from a broken
+        # connection itself (store/appender.py), and eventsourcing retries its reads.
+        "POSTGRES_PRE_PING": "n",
         "POSTGRES_LOCK_TIMEOUT": "5",
         "CREATE_TABLE": "y" if create_table else "n",
         # eventsourcing's recorder, plus the traceparent of each save (store/trace_context.py).
@@ -98,6 +100,29 @@ def eventsourcing_env(
             )
             raise ConfigurationError(msg)
     return env
+
+
+def connector(dsn: str, *, connect_timeout: float = 5.0) -> Callable[[], psycopg.Connection[Any]]:
+    """Returns a function that opens a new autocommit connection each time it is called.
+
+    Errors are psycopg's own, untranslated: the caller tells a refused connection from a
+    broken one. ``connect_timeout`` applies unless the DSN sets its own.
+
+    Raises:
+        ConfigurationError: the DSN cannot be parsed.
+    """
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as e:
+        msg = f"APP_DSN is not a valid libpq connection string: {e}"
+        raise ConfigurationError(msg) from e
+    if "connect_timeout" not in params:
+        dsn = make_conninfo(dsn, connect_timeout=max(int(connect_timeout), 1))
+
+    def connect() -> psycopg.Connection[Any]:
+        return psycopg.connect(dsn, autocommit=True)
+
+    return connect
 
 
 def translate(e: BaseException, what: str) -> StoreUnavailable:

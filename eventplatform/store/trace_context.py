@@ -13,13 +13,15 @@ Where it is stored, and why there: a nullable column ``traceparent`` of the log'
 
 eventsourcing's recorder knows nothing of it: :class:`TraceContextRecorder` adds the column
 when it creates the table, and after inserting a save's events (in the same transaction) sets
-their ``traceparent`` when the save has one. A table created before the column existed gets it
+their ``traceparent`` when the save has one; the group commit's appender writes it with the
+events (:class:`TracedEvent`). A table created before the column existed gets it
 from ``eventplatform schema``; until then traceparents are simply not stored.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -39,6 +41,39 @@ def add_trace_column(cur: psycopg.Cursor[Any], table: sql.Composable) -> None:
             table, sql.Identifier(TRACEPARENT_COLUMN)
         )
     )
+
+
+def has_trace_column(conn: psycopg.Connection[Any], table: Sequence[str]) -> bool:
+    """Whether an events table (``(schema, name)`` or ``(name,)``) has the column."""
+    schema, name = (table[0], table[-1]) if len(table) > 1 else ("public", table[0])
+    row = conn.execute(
+        "SELECT 1 FROM information_schema.columns"
+        " WHERE table_schema = %s AND table_name = %s AND column_name = %s",
+        (schema, name, TRACEPARENT_COLUMN),
+    ).fetchone()
+    return row is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TracedEvent:
+    """A stored event with the ``traceparent`` of the save that stores it (what the group
+    commit's appender writes into the column)."""
+
+    originator_id: Any
+    originator_version: int
+    topic: str
+    state: bytes
+    traceparent: str | None
+
+
+def traced(events: Sequence[StoredEvent], traceparent: str | None) -> Sequence[Any]:
+    """The events of one save, carrying its ``traceparent`` (unchanged when there is none)."""
+    if not traceparent:
+        return events
+    return [
+        TracedEvent(e.originator_id, e.originator_version, e.topic, e.state, traceparent)
+        for e in events
+    ]
 
 
 class TraceContextRecorder(PostgresApplicationRecorder):

@@ -18,7 +18,17 @@ import pytest
 from benchmarks.__main__ import parse
 
 ROOT = Path(__file__).resolve().parents[2]
-FIGURES = {"write", "relay", "projection", "latency", "rebuild", "memory", "observability"}
+FIGURES = {
+    "write",
+    "write-concurrency",
+    "relay",
+    "projection",
+    "latency",
+    "rebuild",
+    "memory",
+    "partitions",
+    "observability",
+}
 
 
 @pytest.mark.e2e
@@ -51,6 +61,10 @@ def test_a_tiny_run_measures_every_figure_beside_its_baseline(
         assert f["baseline"]
     latency = next(f for f in figures if f["name"] == "latency")
     assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    writers = [f["writers"] for f in figures if f["name"] == "write-concurrency"]
+    assert writers == [1, 4, 12]
+    outbox = next(f for f in figures if f["baseline"] == "polling_outbox")
+    assert outbox["limit_allows"] > 0  # what raw publish_async itself reached over the outbox
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert "| relay |" in done.stdout
 

@@ -177,6 +177,12 @@ def test_eventsourcing_variables_that_say_where_to_connect_are_refused(variable)
         eventsourcing_env("postgresql://u@h/d", extra={variable: "x"})
 
 
+def test_pooled_connections_are_not_pinged_before_each_use():
+    # A pre-ping is a round trip per command; the write path recovers from a broken connection
+    # itself (tests/integration/store/test_write_faults.py) and eventsourcing retries its reads.
+    assert eventsourcing_env("postgresql://u@h/d")["POSTGRES_PRE_PING"] == "n"
+
+
 def test_db_functions_that_would_reorder_commits_cannot_be_switched_on():
     with pytest.raises(ConfigurationError, match="POSTGRES_ENABLE_DB_FUNCTIONS"):
         eventsourcing_env("postgresql://u@h/d", extra={"POSTGRES_ENABLE_DB_FUNCTIONS": "yes"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -167,3 +168,69 @@ def test_postgres_restarts_and_killed_sessions_under_load_apply_every_event_once
     assert audit(dsn) == []
     assert view_matches_the_store(dsn) == []
     assert codes == [0] * 5
+
+
+def test_workers_killed_and_started_while_partitions_rebalance_apply_every_event_once_in_order(
+    database_dsn, nats_url, unique_name, tmp_path
+):
+    settings = settings_on(database_dsn, nats_url, unique_name)
+    dsn = settings.dsn
+    procs = processes(settings)
+    procs.env["APP_PARTITIONS"] = "4"
+    procs.spawn("relay", log_dir=tmp_path)
+    workers = [procs.spawn("project", AUDITED, log_dir=tmp_path) for _ in range(2)]
+    killed = []
+    try:
+        with Load(settings) as load:
+            for round_ in range(4):
+                wait_until(
+                    lambda: position_anywhere(dsn) > 0, timeout=30, what=f"progress {round_}"
+                )
+                victim = workers.pop(0)
+                wait_until(
+                    holds_partitions(dsn, victim.pid),
+                    timeout=30,
+                    what=f"worker {victim.pid} holding a partition",
+                )
+                victim.kill()  # SIGKILL: its partitions are taken over when their leases expire
+                killed.append(victim)
+                workers.append(procs.spawn("project", AUDITED, log_dir=tmp_path))
+                wait_until(load.resumed(), timeout=30, what="writes resume")
+        wait_until(lambda: all_caught_up(dsn), timeout=90, what="catching up")
+        assert [p for p in procs.exited() if p[0] not in {k.pid for k in killed}] == []
+    finally:
+        procs.stop_all()
+
+    assert audit(dsn) == []
+
+
+def holds_partitions(dsn: str, pid: int) -> Callable[[], bool]:
+    """A condition: the worker ``pid`` holds a partition lease."""
+    return lambda: partitions_held_by(dsn, pid) > 0
+
+
+def partitions_held_by(dsn: str, pid: int) -> int:
+    with psycopg.connect(dsn, connect_timeout=2) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM eventplatform_leases WHERE name LIKE 'projection:audited#%%'"
+            " AND expires_at > now() AND split_part(holder, ':', 2) = %s",
+            (str(pid),),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def position_anywhere(dsn: str) -> int:
+    with psycopg.connect(dsn, connect_timeout=2) as conn:
+        row = conn.execute(
+            "SELECT coalesce(max(position), 0) FROM eventplatform_tracking"
+            " WHERE projection LIKE 'audited#%'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def all_caught_up(dsn: str) -> bool:
+    from eventplatform.store.waiting import applied_up_to
+
+    target = head(dsn)
+    with psycopg.connect(dsn, connect_timeout=2) as conn:
+        return target > 0 and applied_up_to(conn, "audited", "products", target) >= target
