@@ -92,7 +92,7 @@ def run(server_dsn: str, nats_url: str, scale: Scale) -> list[Result]:
             ours.rate,
             "jetstream_pull_ack",
             raw.rate,
-            at_least=0.5,
+            at_least=0.6,
         ),
         throughput(
             "projection",

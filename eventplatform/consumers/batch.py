@@ -114,7 +114,7 @@ class _Item:
     body: bytes
     subject: str | None
     headers: dict[str, str] | None
-    delivered: int
+    msg: Msg | None
     envelope: CloudEvent | None
     event: Any
     error: str | None
@@ -340,7 +340,7 @@ class BatchApplier:
                     body=msg.data,
                     subject=msg.subject,
                     headers=msg.headers,
-                    delivered=msg.metadata.num_delivered or 1,
+                    msg=msg,
                     envelope=envelope,
                     event=intake.event,
                     error=intake.error,
@@ -399,7 +399,7 @@ class BatchApplier:
             for body in bodies:
                 intake = read_message(body, self._decoder)
                 ordered.append(
-                    _Item(None, body, None, None, 0, intake.envelope, intake.event, intake.error)
+                    _Item(None, body, None, None, None, intake.envelope, intake.event, intake.error)
                 )
             result.filled += len(bodies)
             for item in carried:
@@ -534,7 +534,7 @@ class BatchApplier:
             consumer=self.projection.name,
             body=item.body,
             error=error,
-            attempts=max(attempts, item.delivered),
+            attempts=max(attempts, _delivered(item)),
             subject=item.subject,
             headers=item.headers,
             envelope=item.envelope,
@@ -558,6 +558,12 @@ class BatchApplier:
 
 
 _ZERO = TrackedPosition(0, 0)
+
+
+def _delivered(item: _Item) -> int:
+    """How often the item's message was delivered (parsed only for dead letters: reading
+    a message's metadata parses its reply subject, which costs on the hot path)."""
+    return (item.msg.metadata.num_delivered or 1) if item.msg is not None else 1
 
 
 def _message_order(planned: _Planned) -> tuple[bool, int]:

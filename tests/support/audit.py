@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from domain import Product
+from eventplatform.consumers.handlers import IdempotentEventHandler
 from eventplatform.consumers.projection import Projection
 from eventplatform.messagebus import cloudevents
 from eventplatform.messagebus.nats_broker import NatsBroker, OutgoingMessage
@@ -42,6 +43,47 @@ class AuditedProjection(Projection):
             ),
             (event.originator_id, event.originator_version),
         )
+
+
+def _record_effect(cur: psycopg.Cursor[Any], event: Any) -> None:
+    # No unique key on purpose: a second effect of one event must show, not fail.
+    cur.execute(
+        "INSERT INTO audited_effects (aggregate, version) VALUES (%s, %s)",
+        (event.originator_id, event.originator_version),
+    )
+
+
+#: A handler whose every effect is a row (``tests.support.audit:AUDITED_HANDLER``).
+AUDITED_HANDLER = IdempotentEventHandler(
+    "audited-effects", _record_effect, event_classes=AuditedProjection.event_classes
+)
+
+
+def create_effects_table(dsn: str) -> None:
+    """The table :data:`AUDITED_HANDLER` writes."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS audited_effects"
+            " (seq bigserial, aggregate uuid, version int)"
+        )
+
+
+def effects_audit(dsn: str, *, log: str = "products") -> list[str]:
+    """Events the handler's effects missed or repeated (order is not checked: unpartitioned
+    handler workers promise none across workers)."""
+    with psycopg.connect(dsn) as conn:
+        stored = conn.execute(
+            sql.SQL("SELECT originator_id, originator_version FROM {}").format(
+                sql.Identifier(f"{log}_events")
+            )
+        ).fetchall()
+        effects = conn.execute("SELECT aggregate, version FROM audited_effects").fetchall()
+    want = sorted((str(a), int(v)) for a, v in stored)
+    got = sorted((str(a), int(v)) for a, v in effects)
+    if want == got:
+        return []
+    repeated = [f"{e} x{got.count(e)}" for e in sorted(set(got)) if got.count(e) > 1]
+    return [f"stored {len(want)} events, {len(got)} effects", *repeated[:20]]
 
 
 def audit(dsn: str, *, log: str = "products", table: str = "audited_applies") -> list[str]:

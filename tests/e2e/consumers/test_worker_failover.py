@@ -18,7 +18,12 @@ from eventplatform.leases import projection_lease
 from eventplatform.settings import Settings, load_settings
 from eventplatform.store import create_schema
 from projections import ProductViewProjection
-from tests.support.audit import AuditedProjection, audit
+from tests.support.audit import (
+    AuditedProjection,
+    audit,
+    create_effects_table,
+    effects_audit,
+)
 from tests.support.processes import Load, Processes, lease_holder, wait_until
 
 pytestmark = [pytest.mark.e2e]
@@ -26,6 +31,7 @@ pytestmark = [pytest.mark.e2e]
 TTL = 1.5
 AUDITED = "tests.support.audit:AuditedProjection"
 VIEW = "projections:ProductViewProjection"
+HANDLER = "tests.support.audit:AUDITED_HANDLER"
 
 
 def settings_on(dsn: str, nats_url: str, name: str) -> Settings:
@@ -136,11 +142,13 @@ def test_postgres_restarts_and_killed_sessions_under_load_apply_every_event_once
 ):
     settings = settings_on(embedded_postgres.dsn, nats_url, unique_name)
     dsn = settings.dsn
+    create_effects_table(dsn)
     procs = processes(settings)
     procs.spawn("relay", log_dir=tmp_path)
     for _ in range(2):
         procs.spawn("project", AUDITED, log_dir=tmp_path)
         procs.spawn("project", VIEW, log_dir=tmp_path)
+    procs.spawn("handle", HANDLER, log_dir=tmp_path)
     try:
         with Load(settings) as load:
             for round_ in range(3):
@@ -161,13 +169,44 @@ def test_postgres_restarts_and_killed_sessions_under_load_apply_every_event_once
         wait_until(
             lambda: caught_up(dsn, "audited", "product_view"), timeout=90, what="catching up"
         )
+        wait_until(lambda: effects_audit(dsn) == [], timeout=90, what="every effect")
         assert procs.exited() == []
     finally:
         codes = procs.stop_all()
 
     assert audit(dsn) == []
     assert view_matches_the_store(dsn) == []
-    assert codes == [0] * 5
+    assert effects_audit(dsn) == []
+    assert codes == [0] * 6
+
+
+def test_nats_restarted_under_load_every_consumer_goes_on_and_nothing_applies_twice(
+    database_dsn, embedded_nats, unique_name, tmp_path
+):
+    settings = settings_on(database_dsn, embedded_nats.url, unique_name)
+    dsn = settings.dsn
+    create_effects_table(dsn)
+    procs = processes(settings)
+    procs.spawn("relay", log_dir=tmp_path)
+    for _ in range(2):
+        procs.spawn("project", AUDITED, log_dir=tmp_path)
+    procs.spawn("handle", HANDLER, log_dir=tmp_path)
+    try:
+        with Load(settings) as load:
+            for round_ in range(2):
+                wait_until(
+                    lambda: position(dsn, "audited") > 0, timeout=30, what=f"progress {round_}"
+                )
+                embedded_nats.restart()  # the stream's store survives; connections do not
+                wait_until(load.resumed(), timeout=30, what="writes resume")
+        wait_until(lambda: caught_up(dsn, "audited"), timeout=90, what="catching up")
+        wait_until(lambda: effects_audit(dsn) == [], timeout=90, what="every effect")
+        assert procs.exited() == []
+    finally:
+        codes = procs.stop_all()
+
+    assert audit(dsn) == []
+    assert codes == [0] * 4
 
 
 def test_workers_killed_and_started_while_partitions_rebalance_apply_every_event_once_in_order(
