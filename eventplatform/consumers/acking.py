@@ -13,6 +13,23 @@ from nats.aio.msg import Msg
 logger = logging.getLogger(__name__)
 
 
+def stored_at(msg: Msg) -> float | None:
+    """When JetStream stored ``msg``, seconds since the epoch; None if the reply subject does
+    not say.
+
+    Read from the ack reply subject's timestamp token alone: ``msg.metadata`` parses every
+    token and builds a datetime, several microseconds a message on the projection's hot path.
+    """
+    reply = msg.reply
+    if not reply or not reply.startswith("$JS.ACK."):
+        return None
+    tokens = reply.split(".")
+    index = 7 if len(tokens) == 9 else 9 if len(tokens) >= 11 else -1
+    if index < 0 or not tokens[index].isdigit():
+        return None
+    return int(tokens[index]) / 1e9
+
+
 async def ack_all(msgs: Sequence[Msg]) -> None:
     """Acks messages whose outcome is committed; a lost ack only causes a redelivery.
 

@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from psycopg_pool import ConnectionPool
 
-from eventplatform.consumers.acking import keep_alive
+from eventplatform.consumers.acking import keep_alive, stored_at
 from eventplatform.consumers.dead_letters import (
     PostgresDeadLetters,
     is_dead_letter_subject,
@@ -306,7 +306,7 @@ class HandlerConsumer:
                         batch.forged += 1
                     elif outcome == "handled" and intake.envelope is not None:
                         envelope = intake.envelope
-                        handled.append((envelope.source, envelope.time, _stored_at(m)))
+                        handled.append((envelope.source, envelope.time, stored_at(m)))
 
         results = await asyncio.gather(*(lane(i) for i in lanes.values()), return_exceptions=True)
         for result in results:
@@ -430,14 +430,6 @@ class HandlerConsumer:
                 )
         except psycopg.OperationalError as e:
             raise translate(e, f"dead-lettering for {self.handler.name!r}") from e
-
-
-def _stored_at(m: Msg) -> float | None:
-    """When JetStream stored the message, seconds since the epoch (None if unknown)."""
-    try:
-        return m.metadata.timestamp.timestamp()
-    except (nats.errors.Error, ValueError, IndexError):
-        return None
 
 
 def envelope_of(body: bytes) -> CloudEvent | None:

@@ -35,7 +35,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from psycopg_pool import ConnectionPool
 
-from eventplatform.consumers.acking import ack_all, keep_alive, nak_all
+from eventplatform.consumers.acking import ack_all, keep_alive, nak_all, stored_at
 from eventplatform.consumers.batch import BatchApplier, BatchResult, Letter
 from eventplatform.consumers.dead_letters import publish_dead_letters
 from eventplatform.consumers.decoding import EventDecoder
@@ -351,7 +351,7 @@ class ProjectionWorker:
                     (
                         envelope.source,
                         envelope.time,
-                        None if index is None else msgs[index].metadata.timestamp.timestamp(),
+                        None if index is None else stored_at(msgs[index]),
                     )
                     for envelope, index in result.applied_events
                 ],
