@@ -18,7 +18,10 @@ import pytest
 from benchmarks.__main__ import parse
 
 ROOT = Path(__file__).resolve().parents[2]
-FIGURES = {"write", "write-concurrency", "relay", "projection", "latency", "rebuild", "memory"}
+FIGURES = {
+    *("write", "write-concurrency", "relay", "projection"),
+    *("latency", "rebuild", "memory", "partitions"),
+}
 
 
 @pytest.mark.e2e
