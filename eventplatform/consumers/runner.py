@@ -96,6 +96,42 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+async def _keep_serving(
+    who: str,
+    settings: Settings,
+    broker: NatsBroker,
+    pool: ConnectionPool[Any],
+    stop: asyncio.Event,
+    outage: Outage,
+    serve: Callable[[], Awaitable[None]],
+) -> None:
+    """Connects, checks the streams and runs ``serve`` until ``stop``, through any fault.
+
+    A lost lease is logged and served again (standing by); an infrastructure fault is waited
+    out with back-off, logged once per outage; anything else ends the worker. The pool and
+    the broker are closed on the way out.
+    """
+    try:
+        pool.open(wait=False)
+        while not stop.is_set():
+            try:
+                if not broker.connected and not await broker.connect_until(
+                    stop, what=who, log=logger
+                ):
+                    break
+                await ensure_consumer_streams(broker, settings)
+                await serve()
+            except LeaseLost as e:
+                logger.warning("%s steps down: %s", who, e)
+            except Exception as e:
+                if not is_fault(e):
+                    raise
+                await outage.wait(stop, e)
+    finally:
+        pool.close()
+        await broker.close()
+
+
 async def run_projection(
     settings: Settings,
     projection: Projection,
@@ -129,7 +165,8 @@ async def run_projection(
     )
     lease = lease or LeaseConfig(ttl=settings.projection_lease_ttl)
     holder = holder or new_holder_id()
-    outage = Outage(f"projection {projection.name}")
+    who = f"projection {projection.name}"
+    outage = Outage(who)
     instruments: ConsumerInstruments = NO_CONSUMER_INSTRUMENTS
     background: list[asyncio.Task[None]] = []
     if observability is not None:
@@ -151,37 +188,16 @@ async def run_projection(
         if partitioned:  # each partition has its lease: being in the sharing is the role
             observability.health.report("role", True, "sharing partitions")
         background = _observe(observability, sampler, stop)
+
+    async def serve() -> None:
+        await _lead_projection(
+            settings, projection, broker, pool, stop, on_batch, lease, holder, outage, instruments
+        )
+
     try:
-        pool.open(wait=False)
-        while not stop.is_set():
-            try:
-                if not broker.connected and not await broker.connect_until(
-                    stop, what=f"projection {projection.name}", log=logger
-                ):
-                    break
-                await ensure_consumer_streams(broker, settings)
-                await _lead_projection(
-                    settings,
-                    projection,
-                    broker,
-                    pool,
-                    stop,
-                    on_batch,
-                    lease,
-                    holder,
-                    outage,
-                    instruments,
-                )
-            except LeaseLost as e:
-                logger.warning("projection %s steps down: %s", projection.name, e)
-            except Exception as e:
-                if not is_fault(e):
-                    raise
-                await outage.wait(stop, e)
+        await _keep_serving(who, settings, broker, pool, stop, outage, serve)
     finally:
         await _stop_all(background)
-        pool.close()
-        await broker.close()
 
 
 def _observe(
@@ -375,7 +391,8 @@ async def run_handler(
     )
     lease = lease or LeaseConfig(ttl=settings.projection_lease_ttl)
     holder = holder or new_holder_id()
-    outage = Outage(f"handler {handler.name}")
+    who = f"handler {handler.name}"
+    outage = Outage(who)
     instruments: ConsumerInstruments = NO_CONSUMER_INSTRUMENTS
     background: list[asyncio.Task[None]] = []
     if observability is not None:
@@ -391,47 +408,26 @@ async def run_handler(
             durable=lambda _: durable,
         )
         background = _observe(observability, sampler, stop)
+
+    async def serve() -> None:
+        if settings.partitions > 1:
+            await _share_handler(
+                settings, handler, broker, pool, stop, on_batch, lease, holder, outage, instruments
+            )
+            return
+        consumer = HandlerConsumer(
+            handler=handler,
+            broker=broker,
+            pool=pool,
+            config=ConsumerConfig.from_settings(settings),
+            instruments=instruments,
+        )
+        await _serve_handler(consumer, stop, on_batch, outage)
+
     try:
-        pool.open(wait=False)
-        while not stop.is_set():
-            try:
-                if not broker.connected and not await broker.connect_until(
-                    stop, what=f"handler {handler.name}", log=logger
-                ):
-                    break
-                await ensure_consumer_streams(broker, settings)
-                if settings.partitions == 1:
-                    consumer = HandlerConsumer(
-                        handler=handler,
-                        broker=broker,
-                        pool=pool,
-                        config=ConsumerConfig.from_settings(settings),
-                        instruments=instruments,
-                    )
-                    await _serve_handler(consumer, stop, on_batch, outage)
-                else:
-                    await _share_handler(
-                        settings,
-                        handler,
-                        broker,
-                        pool,
-                        stop,
-                        on_batch,
-                        lease,
-                        holder,
-                        outage,
-                        instruments,
-                    )
-            except LeaseLost as e:
-                logger.warning("handler %s steps down: %s", handler.name, e)
-            except Exception as e:
-                if not is_fault(e):
-                    raise
-                await outage.wait(stop, e)
+        await _keep_serving(who, settings, broker, pool, stop, outage, serve)
     finally:
         await _stop_all(background)
-        pool.close()
-        await broker.close()
 
 
 async def _serve_handler(

@@ -19,15 +19,8 @@ from benchmarks.__main__ import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {
-    "write",
-    "write-concurrency",
-    "relay",
-    "projection",
-    "latency",
-    "rebuild",
-    "memory",
-    "partitions",
-    "observability",
+    *("write", "write-concurrency", "relay", "projection"),
+    *("latency", "rebuild", "memory", "partitions", "observability"),
 }
 
 

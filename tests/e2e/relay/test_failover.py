@@ -20,8 +20,9 @@ import pytest
 
 from domain import CreateProduct, Products
 from eventplatform.cli.status import read_status
-from eventplatform.settings import Settings, load_settings
+from eventplatform.settings import Settings
 from eventplatform.store.schema import create_schema
+from tests.support.platform import settings_for
 
 pytestmark = [pytest.mark.e2e]
 
@@ -31,16 +32,7 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.fixture
 def settings(database_dsn, nats_url, unique_name) -> Settings:
     create_schema(database_dsn, logs=["products"])
-    return load_settings(
-        {},
-        log="products",
-        dsn=database_dsn,
-        nats_url=nats_url,
-        stream=unique_name.upper(),
-        subject_prefix=unique_name,
-        relay_poll_interval=0.2,
-        relay_batch_size=50,
-    )
+    return settings_for(database_dsn, nats_url, unique_name, relay_batch_size=50)
 
 
 class Relays:

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from eventplatform.settings import Settings, load_settings
+from eventplatform.settings import Settings
 from eventplatform.store.schema import create_schema
+from tests.support.platform import settings_for
 from tests.support.relay import RelayParts, open_parts
 
 #: JetStream's duplicate window in these specs, seconds: short, so "after the window" is soon.
@@ -19,16 +20,7 @@ WINDOW = 1.0
 def settings(database_dsn: str, nats_url: str, unique_name: str) -> Settings:
     """The ``products`` log in a fresh database, its own stream and subjects."""
     create_schema(database_dsn, logs=["products"])
-    return load_settings(
-        {},
-        log="products",
-        dsn=database_dsn,
-        nats_url=nats_url,
-        stream=unique_name.upper(),
-        subject_prefix=unique_name,
-        relay_poll_interval=0.2,
-        duplicate_window=WINDOW,
-    )
+    return settings_for(database_dsn, nats_url, unique_name, duplicate_window=WINDOW)
 
 
 @pytest_asyncio.fixture

@@ -15,24 +15,16 @@ import pytest
 from domain import CreateProduct, Products
 from eventplatform.leases.leadership import LeaseConfig
 from eventplatform.relay.runner import run_relay
-from eventplatform.settings import Settings, load_settings
+from eventplatform.settings import Settings
 from eventplatform.store.schema import create_schema
+from tests.support.platform import settings_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 
-def settings_for(dsn: str, nats_url: str, name: str) -> Settings:
+def relay_settings(dsn: str, nats_url: str, name: str) -> Settings:
     create_schema(dsn, logs=["products"])
-    return load_settings(
-        {},
-        log="products",
-        dsn=dsn,
-        nats_url=nats_url,
-        stream=name.upper(),
-        subject_prefix=name,
-        relay_poll_interval=0.2,
-        relay_batch_size=20,
-    )
+    return settings_for(dsn, nats_url, name, relay_batch_size=20)
 
 
 def create_products(settings: Settings, n: int, prefix: str) -> list[int]:
@@ -96,7 +88,7 @@ def after_batches(n: int, fault: Callable[[], None], done: asyncio.Event) -> Cal
 async def test_nats_stopped_and_started_during_a_load_loses_and_repeats_nothing(
     database_dsn, embedded_nats, unique_name
 ):
-    settings = settings_for(database_dsn, embedded_nats.url, unique_name)
+    settings = relay_settings(database_dsn, embedded_nats.url, unique_name)
     before = create_products(settings, 300, "A")
     stop, down = asyncio.Event(), asyncio.Event()
     relay = asyncio.create_task(
@@ -125,7 +117,7 @@ async def test_nats_stopped_and_started_during_a_load_loses_and_repeats_nothing(
 async def test_postgres_restarted_during_a_load_loses_and_repeats_nothing(
     embedded_postgres, nats_url, unique_name
 ):
-    settings = settings_for(embedded_postgres.dsn, nats_url, unique_name)
+    settings = relay_settings(embedded_postgres.dsn, nats_url, unique_name)
     before = create_products(settings, 300, "A")
     stop, down = asyncio.Event(), asyncio.Event()
     relay = asyncio.create_task(
@@ -153,7 +145,7 @@ async def test_postgres_restarted_during_a_load_loses_and_repeats_nothing(
 async def test_a_dropped_listen_connection_is_replaced_and_relaying_resumes(
     database_dsn, nats_url, unique_name
 ):
-    settings = settings_for(database_dsn, nats_url, unique_name)
+    settings = relay_settings(database_dsn, nats_url, unique_name)
     stop = asyncio.Event()
     relay = asyncio.create_task(run_relay(settings, stop, lease=LeaseConfig(ttl=1.0)))
     try:
@@ -179,7 +171,7 @@ async def test_a_dropped_listen_connection_is_replaced_and_relaying_resumes(
 async def test_an_event_whose_notify_was_lost_is_relayed_by_the_re_poll(
     database_dsn, nats_url, unique_name
 ):
-    settings = settings_for(database_dsn, nats_url, unique_name)
+    settings = relay_settings(database_dsn, nats_url, unique_name)
     stop = asyncio.Event()
     relay = asyncio.create_task(run_relay(settings, stop, lease=LeaseConfig(ttl=1.0)))
     try:
@@ -209,7 +201,7 @@ def count(caplog: pytest.LogCaptureFixture, text: str) -> int:
 async def test_nats_down_at_start_is_retried_logged_once_and_resumed(
     database_dsn, embedded_nats, unique_name, caplog
 ):
-    settings = settings_for(database_dsn, embedded_nats.url, unique_name)
+    settings = relay_settings(database_dsn, embedded_nats.url, unique_name)
     positions = create_products(settings, 3, "A")
     embedded_nats.stop()
     stop = asyncio.Event()
@@ -230,7 +222,7 @@ async def test_nats_down_at_start_is_retried_logged_once_and_resumed(
 async def test_a_relay_waiting_for_nats_stops_promptly_when_told(
     database_dsn, embedded_nats, unique_name
 ):
-    settings = settings_for(database_dsn, embedded_nats.url, unique_name)
+    settings = relay_settings(database_dsn, embedded_nats.url, unique_name)
     embedded_nats.stop()
     stop = asyncio.Event()
     relay = asyncio.create_task(run_relay(settings, stop))

@@ -32,8 +32,9 @@ from eventplatform.relay.positions import PostgresRelayPositions
 from eventplatform.relay.relay import Relay, RelayConfig
 from eventplatform.relay.routing import DefaultTopicMapper
 from eventplatform.relay.runner import run_relay
-from eventplatform.settings import Settings, load_settings
+from eventplatform.settings import Settings
 from eventplatform.store.schema import create_schema
+from tests.support.platform import settings_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -41,16 +42,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 @pytest.fixture
 def settings(database_dsn, nats_url, unique_name) -> Settings:
     create_schema(database_dsn, logs=["products"])
-    return load_settings(
-        {},
-        log="products",
-        dsn=database_dsn,
-        nats_url=nats_url,
-        stream=unique_name.upper(),
-        subject_prefix=unique_name,
-        relay_poll_interval=0.2,
-        duplicate_window=1.0,
-    )
+    return settings_for(database_dsn, nats_url, unique_name, duplicate_window=1.0)
 
 
 def create_products(settings: Settings, n: int, prefix: str = "P") -> list[int]:

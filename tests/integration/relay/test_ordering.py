@@ -16,8 +16,9 @@ import pytest
 from domain import ChangePrice, CreateProduct, Products, RenameProduct
 from eventplatform.leases.leadership import LeaseConfig
 from eventplatform.relay.runner import run_relay
-from eventplatform.settings import Settings, load_settings
+from eventplatform.settings import Settings
 from eventplatform.store.schema import create_schema
+from tests.support.platform import settings_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -29,16 +30,8 @@ CHANGES_PER_PRODUCT = 19  # 20 events per product: 12 * 10 * 20 = 2,400 events
 @pytest.fixture
 def settings(database_dsn, nats_url, unique_name) -> Settings:
     create_schema(database_dsn, logs=["products"])
-    return load_settings(
-        {},
-        log="products",
-        dsn=database_dsn,
-        nats_url=nats_url,
-        stream=unique_name.upper(),
-        subject_prefix=unique_name,
-        relay_poll_interval=0.2,
-        relay_batch_size=250,
-        pool_size=WRITERS,
+    return settings_for(
+        database_dsn, nats_url, unique_name, relay_batch_size=250, pool_size=WRITERS
     )
 
 
