@@ -117,8 +117,8 @@ def test_a_hung_worker_is_replaced_within_the_lease_time_and_cannot_commit_when_
             )
             took = time.monotonic() - stopped
             assert taken[1] > token
-            # ttl + a standby's poll (ttl/3), and a second of slack for a loaded machine.
-            assert took < TTL * 4 / 3 + 1.5, f"takeover took {took:.1f} s"
+            # ttl + a standby's poll (ttl/3), and slack for a loaded two-core machine.
+            assert took < TTL * 4 / 3 + 3.0, f"takeover took {took:.1f} s"
             moved = position(database_dsn, "audited")
             wait_until(
                 lambda: position(database_dsn, "audited") > moved, timeout=20, what="progress"
