@@ -180,6 +180,7 @@ async def run_projection(
             health=observability.health,
             interval=observability.interval,
             projection=projection.name,
+            partitions=settings.partitions,
             lease=None if partitioned else (projection_lease(projection.name), holder),
             durable=lambda token: (
                 None if token is None or partitioned else term_consumer_name(projection, token)
@@ -246,7 +247,7 @@ async def _lead_projection(
                 leadership,
                 outage,
                 partition,
-                instruments,
+                instruments if partition is None else instruments.partition(partition),
             )
 
         if settings.partitions > 1:
@@ -476,7 +477,7 @@ async def _share_handler(
                 fence=LeaseFence(lease.name, lease.token),
                 term=lease.token,
                 alive=leadership.check,
-                instruments=instruments,
+                instruments=instruments.partition(k),
             )
             await _serve_handler(consumer, until, on_batch, outage)
 

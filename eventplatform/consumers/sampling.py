@@ -21,6 +21,7 @@ from eventplatform.errors import StoreUnavailable
 from eventplatform.messagebus.nats_broker import NatsBroker
 from eventplatform.observability.health import Health
 from eventplatform.observability.metrics import ConsumerInstruments
+from eventplatform.partitions import partition_label, partition_sql
 from eventplatform.relay.sampling import NatsWatch
 from eventplatform.store.probe import PostgresProbe
 from eventplatform.store.schema import LEASES, TRACKING, events_table
@@ -37,6 +38,7 @@ class ConsumerSampler:
         health: where readiness goes.
         interval: seconds between looks.
         projection: the projection's name (None for a handler: no positions, no lease).
+        partitions: the projection's partitions; each reports its own positions and lag.
         lease: the projection's lease name and this process's holder id.
         durable: the JetStream consumer doing the work, given the lease's current token
             (None for a handler).
@@ -52,6 +54,7 @@ class ConsumerSampler:
         health: Health,
         interval: float,
         projection: str | None = None,
+        partitions: int = 1,
         lease: tuple[str, str] | None = None,
         durable: Callable[[int | None], str | None],
     ) -> None:
@@ -63,6 +66,7 @@ class ConsumerSampler:
         self._health = health
         self._interval = interval
         self._projection = projection
+        self._partitions = partitions
         self._lease = lease
         self._durable = durable
 
@@ -80,6 +84,7 @@ class ConsumerSampler:
         self._nats.look(self._health)
         token: int | None = None
         positions: dict[str, int] = {}
+        by_key: dict[str, dict[str, int]] = {}
         heads: dict[str, int] = {}
         try:
             if self._lease is not None:
@@ -94,14 +99,21 @@ class ConsumerSampler:
                 token = int(rows[0][1]) if rows else None
                 self._health.report("role", True, "leader" if leading else "standby")
             if self._projection is not None:
+                keys = [self._projection] + [
+                    partition_label(self._projection, k, self._partitions)
+                    for k in range(self._partitions)
+                    if self._partitions > 1
+                ]
                 rows = await self._probe.fetchall(
-                    sql.SQL("SELECT log, position FROM {} WHERE projection = %s").format(
-                        sql.Identifier(TRACKING)
-                    ),
-                    (self._projection,),
+                    sql.SQL(
+                        "SELECT projection, log, position FROM {} WHERE projection = ANY(%s)"
+                    ).format(sql.Identifier(TRACKING)),
+                    (keys,),
                 )
-                positions = {str(log): int(position) for log, position in rows}
-                for log in positions:
+                for key, log, position in rows:
+                    by_key.setdefault(str(key), {})[str(log)] = int(position)
+                positions = by_key.pop(self._projection, {})
+                for log in {log for found in (positions, *by_key.values()) for log in found}:
                     ((head,),) = await self._probe.fetchall(
                         sql.SQL("SELECT coalesce(max(notification_id), 0) FROM {}").format(
                             sql.Identifier(events_table(log))
@@ -115,9 +127,47 @@ class ConsumerSampler:
         else:
             self._health.report("postgres", True)
         pending, ack_pending = await self._pending(self._durable(token))
-        self._instruments.sampled(
-            positions=positions, heads=heads, pending=pending, ack_pending=ack_pending
+        partitioned = self._partitions > 1
+        self._instruments.sampled(  # a partitioned projection's positions are its partitions'
+            positions={} if partitioned else positions,
+            heads={} if partitioned else heads,
+            pending=pending,
+            ack_pending=ack_pending,
         )
+        if self._partitions > 1 and self._projection is not None and by_key:
+            await self._sample_partitions(by_key, heads)
+
+    async def _sample_partitions(
+        self, by_key: dict[str, dict[str, int]], heads: dict[str, int]
+    ) -> None:
+        """Each partition's position and lag: the events of its own not applied yet (its
+        position moves only with its own events, so the log's head would overstate it)."""
+        n = self._partitions
+        keys = [partition_label(self._projection or "", k, n) for k in range(n)]
+        behind: dict[int, dict[str, int]] = {k: {} for k in range(n)}
+        try:
+            for log in heads:
+                positions = [by_key.get(key, {}).get(log, 0) for key in keys]
+                rows = await self._probe.fetchall(
+                    sql.SQL(
+                        "SELECT k, count(*) FROM (SELECT {p} AS k, notification_id AS n FROM {t}"
+                        " WHERE notification_id > %s) AS e"
+                        " WHERE n > (%s::bigint[])[k + 1] GROUP BY k"
+                    ).format(
+                        p=partition_sql("originator_id", n), t=sql.Identifier(events_table(log))
+                    ),
+                    (min(positions), positions),
+                )
+                for k, count in rows:
+                    behind[int(k)][log] = int(count)
+        except StoreUnavailable:
+            return
+        for k, key in enumerate(keys):
+            found = by_key.get(key, {})
+            own_heads = {log: found.get(log, 0) + behind[k].get(log, 0) for log in heads}
+            self._instruments.partition(k).sampled(
+                positions=found, heads=own_heads, pending=None, ack_pending=None
+            )
 
     async def _pending(self, durable: str | None) -> tuple[int | None, int | None]:
         if durable is None or not self._broker.connected:

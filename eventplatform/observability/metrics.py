@@ -130,6 +130,10 @@ class ConsumerInstruments(Protocol):
         """The periodic look: positions and heads per log, the broker's pending counts."""
         ...
 
+    def partition(self, k: int) -> ConsumerInstruments:
+        """The same consumer's instruments for its partition ``k`` (label ``partition``)."""
+        ...
+
 
 class _NoRelayInstruments:
     def published(
@@ -182,6 +186,9 @@ class _NoConsumerInstruments:
         ack_pending: int | None,
     ) -> None:
         return None
+
+    def partition(self, k: int) -> ConsumerInstruments:
+        return self
 
 
 #: The relay's instruments when metrics are off.
@@ -330,84 +337,126 @@ class PrometheusRelayMetrics:
         self._leader.set(1 if leader else 0)
 
 
-class PrometheusConsumerMetrics:
-    """A projection's or a handler's metrics, in ``registry``.
+class _ConsumerFamilies:
+    """The metric families of one kind of consumer in one registry (shared by partitions)."""
 
-    Args:
-        registry: where the metrics are registered.
-        kind: ``"projection"`` or ``"handler"``: the metric names' middle part and the label.
-        name: the projection's or handler's name (the label's value).
-    """
-
-    def __init__(self, registry: CollectorRegistry, kind: ConsumerKind, name: str) -> None:
-        self.kind = kind
-        self.name = name
+    def __init__(self, registry: CollectorRegistry, kind: ConsumerKind) -> None:
         p = f"{PREFIX}_{kind}"
-        one = [kind]
+        one = [kind, "partition"]
 
         def counter(metric: str, text: str) -> Counter:
-            return Counter(f"{p}_{metric}", text, one, registry=registry).labels(name)
+            return Counter(f"{p}_{metric}", text, one, registry=registry)
 
         verb = "applied" if kind == "projection" else "handled"
-        self._applied = counter("applied_events", f"Events {verb} and committed.")
-        self._skipped = counter(
+        self.applied = counter("applied_events", f"Events {verb} and committed.")
+        self.skipped = counter(
             "skipped_events", "Events not applied again: redeliveries, republishes, repeats."
         )
-        self._dead = counter(
+        self.dead = counter(
             "dead_lettered_messages", "Messages dead-lettered (forged ones included)."
         )
-        self._forged = counter(
+        self.forged = counter(
             "forged_messages", "Messages the event store contradicts (dead-lettered)."
         )
-        self._parked = counter(
+        self.parked = counter(
             "parked_events", "Events parked behind their aggregate's dead letter."
         )
-        self._retries = counter(
-            "retries", "Batches (projections) or events (handlers) tried again."
-        )
-        self._duration = Histogram(
+        self.retries = counter("retries", "Batches (projections) or events (handlers) tried again.")
+        self.duration = Histogram(
             f"{p}_batch_duration_seconds",
             "Seconds from a fetch's return to the batch's last ack.",
             one,
             buckets=DURATION_BUCKETS,
             registry=registry,
-        ).labels(name)
-        per_log = [kind, "log"]
-        self._position = Gauge(
+        )
+        per_log = [kind, "partition", "log"]
+        self.position = Gauge(
             f"{p}_position",
             "The position committed in PostgreSQL, per log.",
             per_log,
             registry=registry,
         )
-        self._lag = Gauge(
+        self.lag = Gauge(
             f"{p}_lag_events",
             "Log head minus the committed position: events not yet applied.",
             per_log,
             registry=registry,
         )
-        self._pending = Gauge(
+        self.pending = Gauge(
             f"{p}_pending_messages",
             "Messages JetStream holds for this consumer that it has not delivered yet.",
             one,
             registry=registry,
-        ).labels(name)
-        self._ack_pending = Gauge(
+        )
+        self.ack_pending = Gauge(
             f"{p}_ack_pending_messages",
             "Messages delivered to this consumer and not acknowledged yet.",
             one,
             registry=registry,
-        ).labels(name)
-        self._appended_to_applied = BatchHistogram(
+        )
+        self.appended_to_applied = BatchHistogram(
             f"{p}_appended_to_applied_seconds",
             f"Event age when {verb}: from the stored event time to the commit.",
             per_log,
             registry=registry,
         )
-        self._published_to_applied = BatchHistogram(
+        self.published_to_applied = BatchHistogram(
             f"{p}_published_to_applied_seconds",
             f"Seconds from JetStream storing the message to the event being {verb}.",
             per_log,
             registry=registry,
+        )
+
+
+class PrometheusConsumerMetrics:
+    """A projection's or a handler's metrics, in ``registry``.
+
+    Every series carries the consumer's name and its ``partition`` (empty when the consumer
+    is not partitioned); a partitioned consumer's partitions report through
+    :meth:`partition`, which shares these metric families.
+
+    Args:
+        registry: where the metrics are registered.
+        kind: ``"projection"`` or ``"handler"``: the metric names' middle part and the label.
+        name: the projection's or handler's name (the label's value).
+        partition: the partition label's value ("" when not partitioned).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None,
+        kind: ConsumerKind,
+        name: str,
+        *,
+        partition: str = "",
+        families: _ConsumerFamilies | None = None,
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self._partition = partition
+        if families is None:
+            assert registry is not None
+            families = _ConsumerFamilies(registry, kind)
+        self._families = f = families
+        bound = (name, partition)
+        self._applied = f.applied.labels(*bound)
+        self._skipped = f.skipped.labels(*bound)
+        self._dead = f.dead.labels(*bound)
+        self._forged = f.forged.labels(*bound)
+        self._parked = f.parked.labels(*bound)
+        self._retries = f.retries.labels(*bound)
+        self._duration = f.duration.labels(*bound)
+        self._position = f.position
+        self._lag = f.lag
+        self._pending = f.pending.labels(*bound)
+        self._ack_pending = f.ack_pending.labels(*bound)
+        self._appended_to_applied = f.appended_to_applied
+        self._published_to_applied = f.published_to_applied
+
+    def partition(self, k: int) -> PrometheusConsumerMetrics:
+        """See :meth:`ConsumerInstruments.partition`."""
+        return PrometheusConsumerMetrics(
+            None, self.kind, self.name, partition=str(k), families=self._families
         )
 
     def settled(
@@ -445,7 +494,7 @@ class PrometheusConsumerMetrics:
             if published is not None:
                 transits.append(max(at - published, 0.0))
         for log, (times, transits) in by_log.items():
-            labels = (self.name, log)
+            labels = (self.name, self._partition, log)
             self._appended_to_applied.observe_many(labels, ages(times, at))
             self._published_to_applied.observe_many(labels, transits)
 
@@ -460,9 +509,9 @@ class PrometheusConsumerMetrics:
         """See :meth:`ConsumerInstruments.sampled`."""
         for log in set(positions) | set(heads):
             position = positions.get(log, 0)
-            self._position.labels(self.name, log).set(position)
+            self._position.labels(self.name, self._partition, log).set(position)
             if log in heads:
-                self._lag.labels(self.name, log).set(max(heads[log] - position, 0))
+                self._lag.labels(self.name, self._partition, log).set(max(heads[log] - position, 0))
         if pending is not None:
             self._pending.set(pending)
         if ack_pending is not None:

@@ -247,3 +247,45 @@ async def test_a_partitioned_projection_rebuilds_equal_under_load_and_the_worker
         writing.set()
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
+
+
+async def test_each_partition_reports_its_applied_events_position_and_lag_of_its_own(settings):
+    from prometheus_client import generate_latest
+
+    from eventplatform.observability import Observability
+
+    observed = Observability(interval=0.2)
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(run_relay(settings, stop)),
+        asyncio.create_task(
+            run_projection(settings, AuditedProjection(), stop, observability=observed)
+        ),
+    ]
+    try:
+        last = await asyncio.to_thread(write, settings, 20)
+        await asyncio.to_thread(
+            wait_for, settings.dsn, projection="audited", log="products", position=last, timeout=30
+        )
+        await asyncio.sleep(1.0)  # two periodic looks (interval 0.2 s) after catching up
+        text = generate_latest(observed.registry).decode()
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+
+    def samples(metric: str) -> dict[str, float]:
+        found = {}
+        for line in text.splitlines():
+            if line.startswith(metric + "{"):
+                labels, _, number = line.rpartition(" ")
+                partition = labels.split('partition="')[1].split('"')[0]
+                found[partition] = found.get(partition, 0.0) + float(number)
+        return found
+
+    applied = samples("eventplatform_projection_applied_events_total")
+    assert applied.pop("", 0) == 0  # the process's own series: it only shares partitions
+    assert set(applied) == {str(k) for k in range(PARTITIONS)}
+    assert sum(applied.values()) == 80
+    lags = samples("eventplatform_projection_lag_events")
+    assert lags == {str(k): 0.0 for k in range(PARTITIONS)}
+    assert len(samples("eventplatform_projection_position")) == PARTITIONS

@@ -72,7 +72,7 @@ def test_counters_move_lag_returns_to_zero_and_event_ages_fill(
     wait_until(lambda: get(relay + "/readyz")[0] == 200, timeout=30, what="relay ready")
     wait_until(lambda: get(projection + "/readyz")[0] == 200, timeout=30, what="worker ready")
     log = {"log": "products"}
-    view = {"projection": "product_view"}
+    view = {"projection": "product_view", "partition": ""}
     view_log = {**view, **log}
 
     head = write(settings, 30)

@@ -101,7 +101,7 @@ def test_a_settled_batch_counts_each_outcome_and_forged_ones_apart():
     m = PrometheusConsumerMetrics(registry, "projection", "product_view")
     m.settled(applied=5, skipped=2, dead_lettered=2, forged=1, parked=3, duration=0.05)
     m.retried()
-    labels = {"projection": "product_view"}
+    labels = {"projection": "product_view", "partition": ""}
     get = registry.get_sample_value
     assert get("eventplatform_projection_applied_events_total", labels) == 5
     assert get("eventplatform_projection_skipped_events_total", labels) == 2
@@ -124,8 +124,8 @@ def test_applied_events_fill_both_age_histograms_per_log():
         at=at,
     )
     get = registry.get_sample_value
-    products = {"handler": "welcome_mail", "log": "products"}
-    orders = {"handler": "welcome_mail", "log": "orders"}
+    products = {"handler": "welcome_mail", "partition": "", "log": "products"}
+    orders = {"handler": "welcome_mail", "partition": "", "log": "orders"}
     assert get("eventplatform_handler_published_to_applied_seconds_sum", products) == 0.5
     assert get("eventplatform_handler_published_to_applied_seconds_count", orders) == 0
     assert get("eventplatform_handler_appended_to_applied_seconds_count", orders) == 1
@@ -136,11 +136,23 @@ def test_position_lag_and_pending_come_from_the_periodic_look():
     m = PrometheusConsumerMetrics(registry, "projection", "product_view")
     m.sampled(positions={"products": 7}, heads={"products": 10}, pending=3, ack_pending=1)
     get = registry.get_sample_value
-    labels = {"projection": "product_view", "log": "products"}
+    labels = {"projection": "product_view", "partition": "", "log": "products"}
     assert get("eventplatform_projection_position", labels) == 7
     assert get("eventplatform_projection_lag_events", labels) == 3
-    assert get("eventplatform_projection_pending_messages", {"projection": "product_view"}) == 3
-    assert get("eventplatform_projection_ack_pending_messages", {"projection": "product_view"}) == 1
+    assert (
+        get(
+            "eventplatform_projection_pending_messages",
+            {"projection": "product_view", "partition": ""},
+        )
+        == 3
+    )
+    assert (
+        get(
+            "eventplatform_projection_ack_pending_messages",
+            {"projection": "product_view", "partition": ""},
+        )
+        == 1
+    )
 
 
 def test_ages_skip_unknown_times_and_clamp_a_clock_ahead_to_zero():
